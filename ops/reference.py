@@ -1,0 +1,60 @@
+"""Plain-PyTorch reference of the frame-level losses (the fused kernel must match it).
+
+For predicted frames pred (F, P) and true frames target (F, P), P = 3*H*W, grouped into
+samples by `frame_offsets` (B+1,), and motion pairs (N_pairs, 2) of global frame indices
+(both frames of a pair belong to one sample):
+
+  frame_loss[b]  = mean over the frames f of b and pixels p of  w[f,p] * (pred - target)^2
+                   with w = 1 + |target[f] - target[f-1]| if motion_weighted and f is not the
+                   first frame of its sample, else w = 1
+  motion_loss[b] = - mean over the pairs (i, j) of b of  min(mean_p (pred_i - pred_j)^2, tau)
+                   (0 for a sample with no pairs)
+
+Both are returned per sample in float32; autograd gives the gradient with respect to `pred`.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def frame_sample_ids(frame_offsets: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """Sample index of every frame, from the (B+1,) offsets."""
+    counts = frame_offsets[1:] - frame_offsets[:-1]
+    return torch.repeat_interleave(torch.arange(len(counts), device=frame_offsets.device), counts,
+                                   output_size=num_frames)
+
+
+def motion_weights(target: torch.Tensor, frame_offsets: torch.Tensor) -> torch.Tensor:
+    """1 + |y_t - y_{t-1}| per pixel; 1 on the first frame of each sample."""
+    w = torch.ones_like(target, dtype=torch.float32)
+    if target.shape[0] > 1:
+        w[1:] += (target[1:].float() - target[:-1].float()).abs()
+        w[frame_offsets[:-1]] = 1.0  # a sample's first frame has no predecessor (offsets[-1] is out of range)
+    return w
+
+
+def motion_frame_loss_reference(pred: torch.Tensor, target: torch.Tensor, frame_offsets: torch.Tensor,
+                                pairs: torch.Tensor, *, motion_weighted: bool = False,
+                                tau: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    num_samples = frame_offsets.numel() - 1
+    F = pred.shape[0]
+    frame_offsets = frame_offsets.to(pred.device)
+    sample_of_frame = frame_sample_ids(frame_offsets, F)
+    counts = (frame_offsets[1:] - frame_offsets[:-1]).float()
+
+    err = (pred.float() - target.float()).pow(2)
+    if motion_weighted:
+        err = err * motion_weights(target, frame_offsets)
+    per_frame = err.mean(dim=1)
+    frame_loss = torch.zeros(num_samples, device=pred.device).index_add(0, sample_of_frame, per_frame)
+    frame_loss = frame_loss / counts.clamp_min(1)
+
+    motion_loss = torch.zeros(num_samples, device=pred.device)
+    if pairs.numel():
+        pairs = pairs.to(pred.device)
+        diff = (pred[pairs[:, 0]].float() - pred[pairs[:, 1]].float()).pow(2).mean(dim=1)
+        capped = torch.clamp(diff, max=tau)
+        sample_of_pair = sample_of_frame[pairs[:, 0]]
+        n_pairs = torch.zeros(num_samples, device=pred.device).index_add(0, sample_of_pair, torch.ones_like(capped))
+        motion_loss = -motion_loss.index_add(0, sample_of_pair, capped) / n_pairs.clamp_min(1)
+    return frame_loss, motion_loss
