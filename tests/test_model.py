@@ -1,0 +1,189 @@
+"""The model: shapes, presets, packing equivalence, KV-cache generation, gradients, GPT-2 import, bad input."""
+import numpy as np
+import pytest
+import torch
+
+from t2v_dist.model import PRESETS, ModelConfig, T2VModel, load_gpt2_weights
+from t2v_dist.packing import pack_samples
+from t2v_dist.tokenizer import encode_caption, load_tokenizer
+
+CAPTIONS = ["a red circle moves left", "a small blue square is moving up", "green triangle",
+            "a yellow circle moves down and a purple square moves right"]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer()
+
+
+def make_samples(tok, frame_counts, size=32, seed=0, max_tokens=32):
+    rng = np.random.default_rng(seed)
+    return [dict(key=f"s{seed}_{i}", tokens=encode_caption(tok, CAPTIONS[i % len(CAPTIONS)], max_tokens),
+                 frames=rng.integers(0, 256, (m, size, size, 3), dtype=np.uint8))
+            for i, m in enumerate(frame_counts)]
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    return T2VModel(ModelConfig.from_preset("tiny", **kw))
+
+
+def test_tokenizer_is_real_gpt2(tok):
+    assert len(tok) == 50257
+    assert tok.encode("a person playing guitar") == [64, 1048, 2712, 10047]
+    assert tok.decode(tok.encode("héllo wörld, 123!")) == "héllo wörld, 123!"
+    ids = encode_caption(tok, "a red circle moves left", 32)
+    assert ids[-1] == tok.eot_id and ids[:-1] == tok.encode("a red circle moves left")
+
+
+def test_tokenizer_rejects_missing_folder(tmp_path):
+    with pytest.raises(ValueError, match="not a folder"):
+        load_tokenizer(str(tmp_path / "nope"))
+
+
+def test_presets_sizes():
+    with torch.device("meta"):
+        gpt2 = T2VModel(ModelConfig.from_preset("gpt2"))
+        xl = T2VModel(ModelConfig.from_preset("gpt2-xl"))
+    # GPT-2 small has 124.4M parameters (wte + wpe + 12 blocks + ln_f); the backbone must match it.
+    assert abs(gpt2.num_params(backbone_only=True) - 124.44e6) < 0.05e6
+    assert abs(xl.num_params(backbone_only=True) - 1557.6e6) < 1e6
+    assert set(PRESETS) == {"tiny", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"}
+    with pytest.raises(ValueError, match="unknown model preset"):
+        ModelConfig.from_preset("gpt5")
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_forward_shapes_and_resolutions(tok, size):
+    model = tiny(image_size=size)
+    batch = pack_samples(make_samples(tok, [3, 2, 5], size=size), 32, seed=0)
+    out = model(batch)
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    assert set(out.terms) == {"text", "frame", "recon", "motion"}
+    assert all(v.shape == (3,) for v in out.per_sample.values())
+    video = model.generate([s["tokens"] for s in make_samples(tok, [2, 2])], num_frames=3, seed=0)
+    assert video.shape == (2, 3, size, size, 3) and video.dtype == torch.uint8
+
+
+def test_packed_equals_one_by_one(tok):
+    model = tiny(motion_weighted=True).eval()
+    samples = make_samples(tok, [2, 7, 4, 16, 3, 9])
+    packed = pack_samples(samples, 40, seed=5)
+    assert packed.shape[0] < len(samples)  # several samples really share rows
+    together = model(packed).per_sample
+    for b, s in enumerate(samples):
+        alone = model(pack_samples([s], 40, seed=5)).per_sample
+        for term, value in alone.items():
+            torch.testing.assert_close(together[term][b], value[0], rtol=1e-5, atol=1e-5, msg=f"{term} of sample {b}")
+
+
+def test_attention_does_not_cross_samples(tok):
+    """Changing one sample's frames must not change another sample's losses in the same row."""
+    model = tiny().eval()
+    samples = make_samples(tok, [4, 4])
+    base = model(pack_samples(samples, 64, seed=0)).per_sample["text"]
+    samples[0]["frames"] = 255 - samples[0]["frames"]
+    changed = model(pack_samples(samples, 64, seed=0)).per_sample
+    assert pack_samples(samples, 64).shape[0] == 1
+    torch.testing.assert_close(changed["text"][1], base[1], rtol=0, atol=1e-6)
+
+
+def test_cached_generation_equals_uncached(tok):
+    model = tiny().eval()
+    ids = [s["tokens"] for s in make_samples(tok, [2, 2, 2, 2])]  # captions of different lengths
+    cached = model.generate(ids, num_frames=8, seed=11, use_cache=True, as_float=True)
+    full = model.generate(ids, num_frames=8, seed=11, use_cache=False, as_float=True)
+    torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(cached, model.generate(ids, num_frames=8, seed=12, as_float=True))  # the seed matters
+    # Left padding is invisible: each caption's first frame equals generating it alone.
+    for b, t in enumerate(ids):
+        torch.testing.assert_close(model.generate([t], num_frames=1, as_float=True)[0], cached[b, :1], rtol=1e-5, atol=1e-5)
+    video = model.generate(ids, num_frames=3, seed=0)
+    assert video.dtype == torch.uint8 and video.shape == (4, 3, 32, 32, 3)
+
+
+def test_every_parameter_gets_a_gradient(tok):
+    model = tiny(motion_weighted=True, motion_tau=10.0)
+    model(pack_samples(make_samples(tok, [3, 5, 2]), 32, seed=0)).loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert not missing, f"parameters without gradient: {missing}"
+
+
+def test_gpt2_weight_import_matches_transformers():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=128, vocab_size=50257)).eval()
+    model = tiny().eval()
+    load_gpt2_weights(model, hf)
+    ids = torch.randint(0, 50257, (2, 17))
+    with torch.no_grad():
+        torch.testing.assert_close(model.text_logits(ids), hf(ids).logits, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="does not match"):
+        load_gpt2_weights(T2VModel(ModelConfig.from_preset("tiny", d_model=32)), hf)
+
+
+def test_gpt2_weight_import_from_local_folder(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=64)).save_pretrained(tmp_path)
+    model = tiny()
+    load_gpt2_weights(model, tmp_path)
+    hf = GPT2LMHeadModel.from_pretrained(tmp_path)
+    assert torch.equal(model.blocks[1].mlp.c_fc.weight, hf.transformer.h[1].mlp.c_fc.weight.t())
+
+
+def test_bad_inputs_raise_clear_errors(tok):
+    model = tiny()
+    good = make_samples(tok, [3])[0]
+    with pytest.raises(ValueError, match="uint8"):
+        pack_samples([{**good, "frames": good["frames"].astype(np.float32)}], 32)
+    with pytest.raises(ValueError, match="shape"):
+        pack_samples([{**good, "frames": good["frames"][..., :2]}], 32)
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        pack_samples([{**good, "frames": good["frames"][:1]}], 32)
+    with pytest.raises(ValueError, match="image_size"):
+        model(pack_samples(make_samples(tok, [3], size=16), 32))
+    with pytest.raises(ValueError, match="empty"):
+        encode_caption(tok, "   ", 32)
+    with pytest.raises(ValueError, match="max_caption_tokens=4"):
+        encode_caption(tok, "a red circle moves left", 4)
+    with pytest.raises(ValueError, match="token_budget"):
+        pack_samples([good], 4)
+    long_clip = make_samples(tok, [300])[0]
+    with pytest.raises(ValueError, match="n_positions=256"):
+        model(pack_samples([long_clip], 512))
+    with pytest.raises(ValueError, match="max_frames=8"):
+        tiny(max_frames=8)(pack_samples(make_samples(tok, [9]), 64))
+    with pytest.raises(ValueError, match="num_frames"):
+        model.generate([good["tokens"]], num_frames=0)
+    with pytest.raises(ValueError, match="image_size=36"):
+        ModelConfig.from_preset("tiny", image_size=36)
+
+
+def test_fuzz_packing_matches_unpacked(tok):
+    """Random sample mixes and budgets: every sample's loss is independent of its row-mates."""
+    model = tiny().eval()
+    rng = np.random.default_rng(123)
+    for trial in range(3):
+        counts = rng.integers(2, 12, size=int(rng.integers(1, 6))).tolist()
+        samples = make_samples(tok, counts, seed=trial)
+        budget = int(rng.integers(max(len(s["tokens"]) + len(s["frames"]) - 1 for s in samples), 60))
+        packed = model(pack_samples(samples, budget, seed=trial)).per_sample["total"]
+        for b, s in enumerate(samples):
+            alone = model(pack_samples([s], budget, seed=trial)).per_sample["total"][0]
+            torch.testing.assert_close(packed[b], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_tiny_model_overfits_one_batch(tok):
+    model = tiny(w_motion=0.0)
+    batch = pack_samples(make_samples(tok, [4, 3, 5], seed=1), 32, seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    first = None
+    for _ in range(150):
+        loss = model(batch).loss
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first / 10, (first, loss.item())
