@@ -148,7 +148,8 @@ class UNet(nn.Module):
 
     def encode(self, x: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         emb = self.noise_mlp(noise_level_embedding(beta, self.emb_dim).to(x.dtype))
-        h = self.conv_in(x)
+        # channels_last lets oneDNN (CPU) and cuDNN pick their fast NHWC convolutions, bf16 above all.
+        h = self.conv_in(x.contiguous(memory_format=torch.channels_last))
         skips = []
         for i, block in enumerate(self.down):
             h = block(h, emb)

@@ -104,11 +104,12 @@ def _check_sample(key: str, tokens, frames: np.ndarray, image_size: int | None) 
 
 
 def pack_samples(samples: list[dict], token_budget: int, *, max_rows: int | None = None,
-                 seed: int = 0, image_size: int | None = None) -> PackedBatch:
+                 seed: int = 0, image_size: int | None = None, pad_to_budget: bool = False) -> PackedBatch:
     """Pack samples {"key", "tokens", "frames": uint8 T x H x W x 3} into rows of `token_budget`.
 
     `seed` is mixed with each sample's key into `sample_seeds`, so a sample gets the same noise
-    whether it is packed alone or with others. Raises ValueError naming the sample on bad input.
+    whether it is packed alone or with others. Rows are trimmed to the fullest row unless
+    `pad_to_budget` (static shapes). Raises ValueError naming the sample on bad input.
     """
     if not samples:
         raise ValueError("pack_samples needs at least one sample")
@@ -122,7 +123,11 @@ def pack_samples(samples: list[dict], token_budget: int, *, max_rows: int | None
     if row_of is None:
         raise ValueError(f"{len(samples)} samples do not fit in max_rows={max_rows} rows of {token_budget} tokens")
     num_rows = max(row_of) + 1
-    S = token_budget
+    fills = [0] * num_rows
+    for length, r in zip(lengths, row_of):
+        fills[r] += length
+    # Rows are as long as the fullest one (<= token_budget): a lone short sample is not padded to the budget.
+    S = token_budget if pad_to_budget else max(fills)
 
     input_ids = np.zeros((num_rows, S), np.int64)
     position_ids = np.zeros((num_rows, S), np.int64)
