@@ -1,0 +1,248 @@
+"""Moving coloured shapes: the embedded, fully known training set.
+
+Clip `i` of seed `s` depends only on `(s, i)` (its own numpy Generator), so any clip can be
+rebuilt alone, shards can be built in any order or in parallel, and a rebuild gives identical
+bytes (for a given numpy version: the Generator's streams are stable in practice, not by
+contract). The renderer works on whole clips at once (T x H x W arrays) and uses only integer
+maths, `sqrt` and products on the pixel grid, which are exact or correctly rounded, so the
+bytes do not depend on the CPU's SIMD flavour.
+
+The vocabulary is public so that an evaluator can score a generated video against the truth
+recorded in each sample's JSON:
+- `COLOURS`: name -> RGB (uint8 values);
+- `SHAPES`: shape names;
+- `DIRECTIONS`: name -> unit vector (dx, dy) in IMAGE coordinates: x grows to the right,
+  y grows DOWN (row index). "up" is (0, -1).
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 190, 70),
+    "blue": (50, 100, 240),
+    "yellow": (235, 215, 40),
+    "purple": (160, 70, 215),
+    "orange": (245, 140, 30),
+    "white": (235, 235, 235),
+    "cyan": (40, 205, 215),
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+_D = 1.0 / math.sqrt(2.0)
+DIRECTIONS: dict[str, tuple[float, float]] = {
+    "left": (-1.0, 0.0),
+    "right": (1.0, 0.0),
+    "up": (0.0, -1.0),
+    "down": (0.0, 1.0),
+    "up-left": (-_D, -_D),
+    "up-right": (_D, -_D),
+    "down-left": (-_D, _D),
+    "down-right": (_D, _D),
+}
+# How a direction reads in a caption.
+DIRECTION_PHRASES: dict[str, str] = {
+    "left": "left",
+    "right": "right",
+    "up": "up",
+    "down": "down",
+    "up-left": "up and to the left",
+    "up-right": "up and to the right",
+    "down-left": "down and to the left",
+    "down-right": "down and to the right",
+}
+# Shape "radius" (circumradius; half side for squares is 0.85 of it) as a fraction of the frame side.
+SIZES: dict[str, tuple[float, float]] = {"small": (0.09, 0.13), "large": (0.16, 0.22)}
+BACKGROUNDS: tuple[str, ...] = ("plain", "noise", "stripes", "checker")
+
+# One moving object, as a clause. Every template names colour, shape and direction.
+SINGLE_TEMPLATES: tuple[str, ...] = (
+    "a {colour} {shape} moves {direction}",
+    "a {size} {colour} {shape} is moving {direction}",
+    "the {colour} {shape} is moving {direction}",
+    "a {colour} {shape} slides {direction}",
+    "{colour} {shape} moving {direction}",
+)
+# Two objects: two clauses that start with an article, joined.
+CLAUSE_TEMPLATES: tuple[str, ...] = SINGLE_TEMPLATES[:2]
+PAIR_JOINERS: tuple[str, ...] = (" and ", " while ")
+_A_BEFORE_VOWEL = re.compile(r"\ba (?=[aeiou])")
+
+_SQRT3_2 = math.sqrt(3.0) / 2.0
+# Outward edge normals of an upward-pointing equilateral triangle (y down): base, right, left.
+_TRIANGLE_NORMALS = ((0.0, 1.0), (_SQRT3_2, -0.5), (-_SQRT3_2, -0.5))
+_SQUARE_HALF_SIDE = 0.85  # times the radius: a square of similar area to the circle
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """What the generator may draw. Subsets of the vocabulary narrow the task."""
+
+    frames: int = 16
+    size: int = 32
+    two_shape_fraction: float = 0.3
+    textured_fraction: float = 0.5
+    colours: tuple[str, ...] = tuple(COLOURS)
+    shapes: tuple[str, ...] = SHAPES
+    directions: tuple[str, ...] = tuple(DIRECTIONS)
+    backgrounds: tuple[str, ...] = BACKGROUNDS[1:]  # textured ones; "plain" is picked by textured_fraction
+
+    def __post_init__(self) -> None:
+        if self.frames < 2:
+            raise ValueError(f"frames must be >= 2 (motion needs two frames), got {self.frames}")
+        if self.size < 8:
+            raise ValueError(f"size must be >= 8 pixels, got {self.size}")
+        for name, value in (("two_shape_fraction", self.two_shape_fraction),
+                            ("textured_fraction", self.textured_fraction)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        for name, chosen, vocab in (("colours", self.colours, COLOURS), ("shapes", self.shapes, SHAPES),
+                                    ("directions", self.directions, DIRECTIONS),
+                                    ("backgrounds", self.backgrounds, BACKGROUNDS)):
+            unknown = [c for c in chosen if c not in vocab]
+            if not chosen or unknown:
+                raise ValueError(f"{name}: need a non-empty subset of {list(vocab)}, got {list(chosen)}")
+        if self.two_shape_fraction > 0 and len(self.colours) < 2:
+            raise ValueError("two-shape clips need at least two colours (objects are told apart by colour)")
+
+
+@dataclass
+class ShapeTruth:
+    """The true attributes of one object, as recorded in the sample JSON."""
+
+    colour: str
+    shape: str
+    direction: str
+    size: str
+    radius_px: float
+    speed_px_per_frame: float
+    start_xy: tuple[float, float]
+    end_xy: tuple[float, float]
+
+    def as_json(self) -> dict:
+        return {
+            "colour": self.colour, "rgb": list(COLOURS[self.colour]), "shape": self.shape,
+            "direction": self.direction, "direction_xy": list(DIRECTIONS[self.direction]),
+            "size": self.size, "radius_px": round(self.radius_px, 3),
+            "speed_px_per_frame": round(self.speed_px_per_frame, 4),
+            "start_xy": [round(v, 3) for v in self.start_xy], "end_xy": [round(v, 3) for v in self.end_xy],
+        }
+
+
+@dataclass
+class SyntheticClip:
+    frames: np.ndarray  # uint8 T x H x W x 3
+    caption: str
+    objects: list[ShapeTruth]
+    background: str
+    template: str
+
+    def truth_json(self) -> dict:
+        return {"objects": [o.as_json() for o in self.objects], "background": self.background,
+                "caption_template": self.template}
+
+
+def make_clip(seed: int, index: int, config: SyntheticConfig = SyntheticConfig()) -> SyntheticClip:
+    """Render clip `index` of dataset `seed`. Depends only on (seed, index, config)."""
+    if seed < 0 or index < 0:
+        raise ValueError(f"seed and index must be >= 0, got seed={seed} index={index}")
+    rng = np.random.default_rng([seed, index])
+    size, frames = config.size, config.frames
+    background = str(rng.choice(config.backgrounds)) if rng.random() < config.textured_fraction else "plain"
+    canvas = np.broadcast_to(_background(rng, background, size), (frames, size, size, 3)).copy()
+
+    num_objects = 2 if rng.random() < config.two_shape_fraction else 1
+    colours = rng.choice(len(config.colours), size=num_objects, replace=False)
+    objects = [_place_object(rng, config, config.colours[c]) for c in colours]
+    for obj in objects:
+        _draw(canvas, obj, frames)
+    pixels = np.rint(canvas).astype(np.uint8)
+
+    if num_objects == 1:
+        template = str(rng.choice(SINGLE_TEMPLATES))
+        caption = _clause(template, objects[0])
+    else:
+        clauses = [str(rng.choice(CLAUSE_TEMPLATES)) for _ in objects]
+        joiner = str(rng.choice(PAIR_JOINERS))
+        template = joiner.join(clauses)
+        caption = joiner.join(_clause(t, o) for t, o in zip(clauses, objects))
+    return SyntheticClip(frames=pixels, caption=caption, objects=objects, background=background, template=template)
+
+
+def _clause(template: str, obj: ShapeTruth) -> str:
+    text = template.format(colour=obj.colour, shape=obj.shape, size=obj.size,
+                           direction=DIRECTION_PHRASES[obj.direction])
+    return _A_BEFORE_VOWEL.sub("an ", text)  # "a orange" -> "an orange"
+
+
+
+def _background(rng: np.random.Generator, kind: str, size: int) -> np.ndarray:
+    """Dark static background (S x S x 3 float32): shapes are bright, so they stay salient."""
+    base = rng.integers(0, 71, size=3).astype(np.float32)
+    if kind == "plain":
+        return np.broadcast_to(base, (size, size, 3)).astype(np.float32)
+    amplitude = float(rng.integers(12, 31))
+    if kind == "noise":
+        cell = int(rng.integers(2, 5))
+        coarse = rng.integers(-1, 2, size=(-(-size // cell),) * 2).astype(np.float32)
+        pattern = np.kron(coarse, np.ones((cell, cell), np.float32))[:size, :size] * 0.5 + 0.5
+    else:
+        y, x = np.mgrid[0:size, 0:size]
+        period = int(rng.integers(2, 6))
+        if kind == "stripes":
+            a, b = ((1, 0), (0, 1), (1, 1), (1, -1))[int(rng.integers(0, 4))]
+            pattern = (((a * x + b * y) // period) % 2).astype(np.float32)
+        elif kind == "checker":
+            pattern = (((x // period) + (y // period)) % 2).astype(np.float32)
+        else:
+            raise ValueError(f"unknown background {kind!r}; known: {list(BACKGROUNDS)}")
+    tint = rng.uniform(0.5, 1.0, size=3).astype(np.float32)
+    return base + amplitude * pattern[..., None] * tint
+
+
+def _place_object(rng: np.random.Generator, config: SyntheticConfig, colour: str) -> ShapeTruth:
+    """Pick shape, size, direction, speed and a start point that keeps the object in view."""
+    size, frames = config.size, config.frames
+    shape = str(rng.choice(config.shapes))
+    direction = str(rng.choice(config.directions))
+    size_name = str(rng.choice(tuple(SIZES)))
+    lo, hi = SIZES[size_name]
+    radius = float(rng.uniform(lo, hi)) * size
+    dx, dy = DIRECTIONS[direction]
+    margin = 0.9 * radius  # centre at least this far from the border: the object stays (almost) whole
+    room = size - 2 * margin
+    travel = float(rng.uniform(0.4, 0.9)) * room / max(abs(dx), abs(dy))
+    x0 = float(rng.uniform(margin + max(0.0, -dx * travel), size - margin - max(0.0, dx * travel)))
+    y0 = float(rng.uniform(margin + max(0.0, -dy * travel), size - margin - max(0.0, dy * travel)))
+    return ShapeTruth(colour=colour, shape=shape, direction=direction, size=size_name, radius_px=radius,
+                      speed_px_per_frame=travel / (frames - 1), start_xy=(x0, y0),
+                      end_xy=(x0 + dx * travel, y0 + dy * travel))
+
+
+def _draw(canvas: np.ndarray, obj: ShapeTruth, frames: int) -> None:
+    """Blend one object into the T x S x S x 3 canvas, anti-aliased by its signed distance."""
+    size = canvas.shape[1]
+    step = np.arange(frames, dtype=np.float32)[:, None, None] * np.float32(obj.speed_px_per_frame)
+    dxu, dyu = DIRECTIONS[obj.direction]
+    centre_x = np.float32(obj.start_xy[0]) + step * np.float32(dxu)
+    centre_y = np.float32(obj.start_xy[1]) + step * np.float32(dyu)
+    pixel = np.arange(size, dtype=np.float32) + np.float32(0.5)  # pixel centres
+    dx = pixel[None, None, :] - centre_x  # T x 1 x S
+    dy = pixel[None, :, None] - centre_y  # T x S x 1
+    r = np.float32(obj.radius_px)
+    if obj.shape == "circle":
+        distance = np.sqrt(dx * dx + dy * dy) - r
+    elif obj.shape == "square":
+        distance = np.maximum(np.abs(dx), np.abs(dy)) - r * np.float32(_SQUARE_HALF_SIDE)
+    elif obj.shape == "triangle":
+        distance = np.maximum.reduce([dx * np.float32(nx) + dy * np.float32(ny) for nx, ny in _TRIANGLE_NORMALS])
+        distance = distance - r * np.float32(0.5)  # inradius of the triangle of circumradius r
+    else:
+        raise ValueError(f"unknown shape {obj.shape!r}; known: {list(SHAPES)}")
+    coverage = np.clip(np.float32(0.5) - distance, 0.0, 1.0)[..., None]
+    colour = np.asarray(COLOURS[obj.colour], dtype=np.float32)
+    canvas += coverage * (colour - canvas)
