@@ -64,6 +64,8 @@ class TrainConfig:
     log_every: int = 10
     max_bad_steps: int = 5                  # consecutive non-finite losses before the run stops
     seed: int = 0
+    init_from_gpt2: str | None = None       # local folder of a transformers GPT2LMHeadModel (never downloaded)
+    log_keys: bool = False                  # append "step<TAB>key" per trained sample to run_dir/keys/rankR.tsv
 
     def __post_init__(self):
         self.betas = tuple(self.betas)

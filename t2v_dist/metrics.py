@@ -103,7 +103,7 @@ class Metrics:
         # Without a known device peak there is no MFU series at all rather than a made-up one.
         self._mfu = child(Gauge("t2v_mfu", "Model FLOPs utilisation of the last step (0..1)", labels,
                                 registry=reg)) if peak_flops else None
-        self._nonfinite = child(Counter("t2v_nonfinite_steps", "Steps whose loss was NaN or infinite", labels,
+        self._nonfinite = child(Counter("t2v_nonfinite_steps", "Micro-batches whose loss was NaN or infinite (skipped)", labels,
                                         registry=reg))
         self._errors = Counter("t2v_data_errors", "Samples the loader skipped, by reason", labels + ("reason",),
                                registry=reg)
@@ -168,6 +168,11 @@ class Metrics:
             if delta > 0:
                 self._errors.labels(rank=str(self.rank), node=self.node, reason=reason).inc(delta)
             self._error_counts[reason] = int(count)
+
+    def observe_nonfinite(self) -> None:
+        """A micro-batch whose loss was NaN or infinite, skipped by the trainer."""
+        if self.enabled:
+            self._nonfinite.inc()
 
     def observe_checkpoint(self, seconds: float) -> None:
         if self.enabled:

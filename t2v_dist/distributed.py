@@ -1,0 +1,74 @@
+"""Who am I in the job: rank, world size, local rank and device, from any launcher.
+
+Supported launchers, each setting its own variables:
+  - `deepspeed` / `torchrun`: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT;
+  - `srun python launch/train.py` under SLURM: SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID (the
+    rendezvous address comes from MASTER_ADDR/MASTER_PORT, which launch/slurm.sh exports);
+  - nothing: a single process (rank 0 of 1).
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    node: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _export_launcher_env() -> None:
+    """Fill the torch.distributed env:// variables from SLURM's when a launcher did not set them."""
+    env = os.environ
+    if "RANK" not in env and "SLURM_PROCID" in env:
+        env["RANK"] = env["SLURM_PROCID"]
+        env["WORLD_SIZE"] = env.get("SLURM_NTASKS", "1")
+        env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+    if "RANK" not in env:  # plain `python launch/train.py`
+        env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    env.setdefault("LOCAL_RANK", "0")
+    if int(env["WORLD_SIZE"]) == 1:
+        env.setdefault("MASTER_ADDR", "127.0.0.1")
+        env.setdefault("MASTER_PORT", str(_free_port()))
+    missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in env]
+    if missing:
+        raise RuntimeError(f"multi-process run without {', '.join(missing)}: launch with deepspeed, torchrun, or "
+                           f"launch/slurm.sh, or export them")
+
+
+def init_distributed(timeout_s: int = 600) -> DistEnv:
+    """Initialise torch.distributed through DeepSpeed (NCCL on CUDA, gloo on CPU) and pick the device."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    _export_launcher_env()
+    local_rank = int(os.environ["LOCAL_RANK"])
+    accel = get_accelerator()
+    if accel.device_name() == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    deepspeed.init_distributed(dist_backend=accel.communication_backend_name(), timeout=timedelta(seconds=timeout_s))
+    import torch.distributed as dist
+
+    return DistEnv(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
+                   device=device, node=socket.gethostname())
