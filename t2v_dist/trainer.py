@@ -40,7 +40,8 @@ def _set_cpu_threads(env: DistEnv) -> None:
     """Share the cores among the ranks of this host unless the user pinned OMP_NUM_THREADS."""
     if env.device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
         return
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE") or 1)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE")  # torchrun, deepspeed
+                      or os.environ.get("SLURM_NTASKS_PER_NODE") or 1)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
 
 
