@@ -46,7 +46,7 @@ def test_overrides_are_typed_by_field():
 def test_preset_override_rederives_model_but_keeps_explicit_fields():
     cfg = Config.load(CONFIGS / "demo.yaml", ["--model.preset=gpt2"])
     assert (cfg.model.preset, cfg.model.n_layer, cfg.model.d_model, cfg.model.n_head) == ("gpt2", 12, 768, 12)
-    assert cfg.model.max_frames == 16 and cfg.model.max_caption_tokens == 16  # set in demo.yaml
+    assert cfg.model.max_frames == 16 and cfg.model.max_caption_tokens == 32  # set in demo.yaml
     cfg = Config.load(CONFIGS / "demo.yaml", ["--model.n_layer=3"])
     assert (cfg.model.preset, cfg.model.n_layer, cfg.model.d_model) == ("tiny", 3, 64)
 
@@ -75,7 +75,7 @@ def test_preset_override_rederives_model_but_keeps_explicit_fields():
     ("--data.frames=32", r"data.frames: 32 exceeds model.max_frames=16"),
     ("--data.image_size=64", r"data.image_size: 64 differs from model.image_size=32"),
     ("--eval.num_frames=64", r"eval.num_frames: 64 exceeds model.max_frames=16"),
-    ("--data.max_caption_tokens=60", r"data.max_caption_tokens: 60 exceeds model.max_caption_tokens=16"),
+    ("--data.max_caption_tokens=60", r"data.max_caption_tokens: 60 exceeds model.max_caption_tokens=32"),
     ("--train.max_steps", r"expected --section.key=value"),
     ("--=3", r"empty key"),
 ])
