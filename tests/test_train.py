@@ -274,3 +274,16 @@ def test_universal_checkpoint_resumes_on_one_rank(shards, reference, tmp_path):
     ended = records(reference)[-1]["losses"]["total"]
     fresh = records(reference)[0]["losses"]["total"]
     assert train[0]["losses"]["total"] < (ended + fresh) / 2
+
+
+def test_nonfinite_losses_are_skipped_then_stop_the_run(shards, tmp_path):
+    """An absurd learning rate drives the weights to inf: each bad micro-batch is skipped and counted,
+    and max_bad_steps of them in a row stop the run with a clear message and a non-zero exit code."""
+    run_dir, log = tmp_path / "run", tmp_path / "log.txt"
+    args = train_args(shards, run_dir, "--train.lr=1e30", "--train.min_lr=0", "--train.warmup_steps=0",
+                      "--train.grad_clip=0", "--train.max_bad_steps=3", "--checkpoint.every=0")
+    rc = wait(launch_ranks(args, log, world=1), log)
+    text = log.read_text()
+    assert rc != [0]
+    assert "non-finite loss on some rank, micro-batch skipped (1 in a row)" in text
+    assert "loss was NaN/inf for 3 micro-batches in a row (train.max_bad_steps=3)" in text
