@@ -59,6 +59,16 @@ def write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
     return path
 
 
+def read_tar(path: Path) -> dict[str, dict[str, bytes]]:
+    """{key: {extension: bytes}} of every member, in tar order."""
+    samples: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path) as tar:
+        for info in tar:
+            key, _, ext = info.name.partition(".")
+            samples.setdefault(key, {})[ext] = tar.extractfile(info).read()
+    return samples
+
+
 def sample_members(key: str, i: int, num_frames: int, size: int) -> list[tuple[str, bytes]]:
     meta = {"source": "test", "fps": 8, "frames": num_frames, "size": [size, size], "split": "train"}
     return [(f"{key}.frames.npy", npy_bytes(frames_for(i, num_frames, size))),

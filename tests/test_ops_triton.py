@@ -61,7 +61,7 @@ def case_matches_reference(seed: int, offsets: list[int], P: int, dtype: str, bl
     """Forward and backward of ops.motion_frame_loss(backend='triton') equal the reference; the kernels'
     raw outputs (poisoned with NaN first) equal independent PyTorch formulas, element by element."""
     from ops import motion_frame_loss, triton_kernel
-    from ops.reference import motion_frame_loss_reference, motion_weights
+    from ops.reference import motion_weights
     assert triton_kernel.interpreter_enabled() == (device == "cpu"), "CPU runs need Triton's interpreter, CUDA none"
     dt = getattr(torch, dtype)
     pred, target, off, pairs = _random_inputs(seed, offsets, P, dt, pairs_per_sample, extra_pairs, device)

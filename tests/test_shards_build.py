@@ -5,7 +5,6 @@ import hashlib
 import io
 import json
 import subprocess
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
+from loader_fixtures import read_tar, write_tar
 from shards.build import BuildConfig, build, plan_jobs
 from shards.keys import split_of
 from shards.source import InputError, InputItem, Sample
@@ -32,15 +32,6 @@ def _build(out: Path, num_clips=60, seed=7, **config):
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _read_tar(path: Path) -> dict[str, dict[str, bytes]]:
-    samples: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(path) as tar:
-        for info in tar:
-            key, _, ext = info.name.partition(".")
-            samples.setdefault(key, {})[ext] = tar.extractfile(info).read()
-    return samples
 
 
 def test_shards_are_plain_tars_with_three_members_per_sample(tmp_path):
@@ -66,7 +57,7 @@ def test_frames_captions_and_meta_round_trip(tmp_path):
     _build(tmp_path)
     seen = 0
     for tar_path in tmp_path.glob("*.tar"):
-        for key, parts in _read_tar(tar_path).items():
+        for key, parts in read_tar(tar_path).items():
             frames = np.load(io.BytesIO(parts["frames.npy"]), allow_pickle=False)
             meta = json.loads(parts["json"])
             clip = make_clip(7, meta["index"], SMALL)
@@ -97,8 +88,8 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path):
     assert names == sorted(p.name for p in (tmp_path / "b").glob("*.tar"))
     for name in names:
         assert _sha(tmp_path / "a" / name) == _sha(tmp_path / "b" / name)
-    a = _read_tar(tmp_path / "a" / "train-000000.tar")
-    c = _read_tar(tmp_path / "c" / "train-000000.tar")
+    a = read_tar(tmp_path / "a" / "train-000000.tar")
+    c = read_tar(tmp_path / "c" / "train-000000.tar")
     assert next(iter(a.values()))["frames.npy"] != next(iter(c.values()))["frames.npy"]
 
 
@@ -119,7 +110,7 @@ def test_split_of_a_clip_does_not_depend_on_dataset_size(tmp_path):
     assert small["samples"] == 40 and large["samples"] == 80
 
     def val_keys(folder):
-        return {k for p in folder.glob("val-*.tar") for k in _read_tar(p)}
+        return {k for p in folder.glob("val-*.tar") for k in read_tar(p)}
 
     assert val_keys(tmp_path / "small") == {k for k in val_keys(tmp_path / "large") if int(k.rsplit("_", 1)[1]) < 40}
 
@@ -149,7 +140,7 @@ def test_changed_settings_make_shards_stale(tmp_path):
     changed = build(SyntheticSource(num_clips=60, seed=7, config=SyntheticConfig(frames=6, size=16)),
                     BuildConfig(out=str(tmp_path), samples_per_shard=20, val_fraction=0.2, progress=False))
     assert changed["reused"] == []  # incremental, but every shard was made with other settings
-    frames = np.load(io.BytesIO(next(iter(_read_tar(tmp_path / "train-000000.tar").values()))["frames.npy"]))
+    frames = np.load(io.BytesIO(next(iter(read_tar(tmp_path / "train-000000.tar").values()))["frames.npy"]))
     assert frames.shape[0] == 6
 
 
@@ -184,13 +175,8 @@ def test_stats_summary_and_verify(tmp_path):
 
     # A tar that does not match its stats, and one without stats, are both reported.
     tar_path = tmp_path / "train-000000.tar"
-    members = list(_read_tar(tar_path).items())[:-1]
-    with tarfile.open(tar_path, "w") as tar:
-        for key, parts in members:
-            for ext, data in parts.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+    members = list(read_tar(tar_path).items())[:-1]
+    write_tar(tar_path, [(f"{key}.{ext}", data) for key, parts in members for ext, data in parts.items()])
     (tmp_path / "train-000001_stats.json").unlink()
     broken = summarize(str(tmp_path), verify=True)
     assert broken["verify"]["ok"] is False

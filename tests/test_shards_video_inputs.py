@@ -20,6 +20,7 @@ import av
 import numpy as np
 import pytest
 
+from loader_fixtures import read_tar, write_tar
 from shards.build import BuildConfig, build
 from shards.caption import camel_to_words
 from shards.source import InputError
@@ -60,15 +61,6 @@ def write_video(path: Path, frames: np.ndarray, fps: int = 10) -> Path:
 def source_index(frame: np.ndarray) -> int:
     """Which grey test frame this output frame came from."""
     return round(float(frame.mean()) / LEVEL)
-
-
-def read_tar(path: Path) -> dict[str, dict[str, bytes]]:
-    samples: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(path) as tar:
-        for info in tar:
-            key, _, ext = info.name.partition(".")
-            samples.setdefault(key, {})[ext] = tar.extractfile(info).read()
-    return samples
 
 
 def all_samples(folder: Path) -> dict[str, dict]:
@@ -457,21 +449,12 @@ def test_ucf101_bad_template_and_empty_folder(tmp_path):
 
 # --- from-wds -------------------------------------------------------------------------------
 
-def _tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
-
 def test_from_video2dataset_shards(tmp_path):
     mp4 = write_video(tmp_path / "clip.mp4", grey_frames(9)).read_bytes()
     source_json = json.dumps({"url": "http://example.com/v.mp4", "status": "success"}).encode()
     src = tmp_path / "v2d"
     src.mkdir()
-    _tar(src / "00000.tar", [
+    write_tar(src / "00000.tar", [
         ("000000000.mp4", mp4), ("000000000.txt", b"first video"), ("000000000.json", source_json),
         ("000000001.mp4", mp4), ("000000001.txt", b"no json"),
         ("000000002.txt", b"no video"), ("000000002.json", source_json),
@@ -479,7 +462,7 @@ def test_from_video2dataset_shards(tmp_path):
         ("000000004.mp4", b"garbage"), ("000000004.txt", b"broken video"),
         ("000000005.mp4", mp4), ("000000005.txt", b"bad json"), ("000000005.json", b"{nope"),
     ])
-    whole = _tar(tmp_path / "whole.tar", [("000000010.mp4", mp4), ("000000010.txt", b"in a cut tar"),
+    whole = write_tar(tmp_path / "whole.tar", [("000000010.mp4", mp4), ("000000010.txt", b"in a cut tar"),
                                           ("000000011.mp4", mp4), ("000000011.txt", b"lost half")])
     with tarfile.open(whole) as tar:
         cut = tar.getmember("000000011.mp4").offset_data + len(mp4) // 2
@@ -512,7 +495,7 @@ def test_from_video2dataset_shards(tmp_path):
 def test_wds_duplicate_keys_and_missing_inputs(tmp_path):
     mp4 = write_video(tmp_path / "clip.mp4", grey_frames(4, 16, 16)).read_bytes()
     for name in ("a.tar", "b.tar"):
-        _tar(tmp_path / name, [("k1.mp4", mp4), ("k1.txt", b"same key")])
+        write_tar(tmp_path / name, [("k1.mp4", mp4), ("k1.txt", b"same key")])
     out = tmp_path / "out"
     summary = build(WdsSource(str(tmp_path), ClipSpec(frames=4, size=8)), _config(out))
     assert summary["samples"] == 1 and summary["errors"] == 1
