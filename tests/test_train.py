@@ -65,8 +65,9 @@ def launch_ranks(args: list[str], log: Path, world: int = 2) -> list[subprocess.
     for rank in range(world):
         e = dict(env(), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
                  MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        # Each rank leads its own process group, as a task under srun does.
         procs.append(subprocess.Popen([sys.executable, *args], cwd=REPO, env=e, stdout=open(log, "ab"),
-                                      stderr=subprocess.STDOUT))
+                                      stderr=subprocess.STDOUT, start_new_session=True))
     return procs
 
 
@@ -174,7 +175,9 @@ def test_sigterm_checkpoints_exits_zero_and_relaunch_continues(shards, reference
     procs = launch_ranks(args, log)
     wait_until(lambda: (run_dir / "keys" / "rank1.tsv").exists()
                and len(keys_by_step(run_dir, 1)) >= 5, 300, procs, log)
-    procs[1].send_signal(signal.SIGTERM)  # one rank only: the ranks must agree to stop together
+    # SIGTERM to rank 1's whole process group (its DataLoader worker too), as SLURM does on preemption;
+    # rank 0 gets nothing: the ranks must agree to stop together.
+    os.killpg(procs[1].pid, signal.SIGTERM)
     assert wait(procs, log) == [0, 0], log.read_text()[-4000:]
     stopped_at = latest_step(run_dir)
     assert 5 <= stopped_at < STEPS, "a checkpoint was written at the signal"

@@ -11,6 +11,8 @@ prefetched by workers but not yet handed out are therefore not part of the state
 """
 from __future__ import annotations
 
+import signal
+
 from typing import Iterator
 
 import numpy as np
@@ -87,7 +89,7 @@ class ShardLoader:
             return iter(dataset)
         return iter(DataLoader(dataset, batch_size=None, num_workers=self._state.num_roles,
                                prefetch_factor=self.cfg.prefetch_factor, pin_memory=self.cfg.pin_memory,
-                               persistent_workers=False))
+                               persistent_workers=False, worker_init_fn=_ignore_preemption_signals))
 
     def state_dict(self) -> dict:
         """JSON-serialisable position of this rank: save it for EVERY rank."""
@@ -125,3 +127,11 @@ class ShardLoader:
 def _pack_seed(seed: int, epoch: int) -> int:
     """Noise seeds vary per epoch, but not with rank, worker or packing."""
     return int(np.random.default_rng((seed, epoch)).integers(2**31))
+
+
+def _ignore_preemption_signals(worker_id: int) -> None:
+    """Schedulers signal the whole process group on preemption (SLURM's SIGTERM, --signal=USR1): the
+    workers must outlive it, so that the training process can finish its step and checkpoint. They
+    still exit with their parent."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)

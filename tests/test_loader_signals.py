@@ -1,0 +1,29 @@
+"""DataLoader workers survive the scheduler's preemption signals sent to the whole process group."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import psutil
+
+from loader_fixtures import write_dataset
+from t2v_dist.data import DataConfig, ShardLoader
+
+
+def test_workers_ignore_sigterm_and_sigusr1(tmp_path):
+    keys = write_dataset(tmp_path, num_shards=2, per_shard=40)
+    cfg = DataConfig(train_shards=str(tmp_path / "train-{000000..000001}.tar"), frames=4, image_size=8,
+                     token_budget=32, max_rows=1, max_caption_tokens=12, num_workers=2, prefetch_factor=1, seed=0)
+    loader = ShardLoader(cfg, "train", single_pass=True)
+    batches = iter(loader)
+    first = next(batches)
+    workers = [p for p in psutil.Process().children() if p.is_running()]
+    assert len(workers) == 2, workers
+    for p in workers:  # what SLURM sends to every process of a task on preemption
+        os.kill(p.pid, signal.SIGTERM)
+        os.kill(p.pid, signal.SIGUSR1)
+    time.sleep(0.5)
+    assert all(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in workers)
+    rest = [b.keys for b in batches]  # the epoch completes: no "worker killed by signal" error
+    assert sorted(first.keys + [k for ks in rest for k in ks]) == sorted(keys)
