@@ -171,7 +171,14 @@ def load(engine, ckpt_dir: str | Path) -> dict | None:
     tag = find_latest(ckpt_dir, universal=engine.load_universal_checkpoint())
     if tag is None:
         return None
-    load_path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+    try:
+        load_path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+    except RuntimeError as exc:
+        if "state_dict" not in str(exc):
+            raise
+        raise RuntimeError(f"checkpoint {Path(ckpt_dir) / tag} does not fit the model this config builds (it was "
+                           f"written with another model config or model code); resume with the config it was "
+                           f"written with (run_dir/config.json) or start a new --run_dir. {exc}") from exc
     if load_path is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {tag} from {ckpt_dir}")
     return client_state

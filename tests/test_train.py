@@ -290,3 +290,13 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(shards, tmp_path):
     assert rc != [0]
     assert "non-finite loss on some rank, micro-batch skipped (1 in a row)" in text
     assert "loss was NaN/inf for 3 micro-batches in a row (train.max_bad_steps=3)" in text
+
+
+def test_resuming_with_another_model_fails_clearly(shards, reference, tmp_path):
+    import shutil
+
+    run_dir, log = tmp_path / "run", tmp_path / "log.txt"
+    shutil.copytree(reference / "checkpoints", run_dir / "checkpoints")
+    args = train_args(shards, run_dir, "--model.unet_base=16", f"--train.max_steps={STEPS + 2}")
+    assert wait(launch_ranks(args, log), log) != [0, 0]
+    assert "does not fit the model this config builds" in log.read_text()
