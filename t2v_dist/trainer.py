@@ -223,6 +223,7 @@ def train(cfg: Config) -> int:
                 if logger and result:
                     logger.log({"kind": "eval", "step": step, **result})
     finally:
+        batches.close()  # stops the DataLoader workers now, also when an exception is on its way out
         preempt.uninstall()
         keylog.close()
         metrics.close()

@@ -27,3 +27,24 @@ def test_workers_ignore_sigterm_and_sigusr1(tmp_path):
     assert all(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in workers)
     rest = [b.keys for b in batches]  # the epoch completes: no "worker killed by signal" error
     assert sorted(first.keys + [k for ks in rest for k in ks]) == sorted(keys)
+
+
+def test_a_process_that_fails_mid_epoch_still_exits(tmp_path):
+    """Workers that ignore SIGTERM must not hang interpreter exit (multiprocessing terminates, then joins)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    write_dataset(tmp_path, num_shards=2, per_shard=40)
+    script = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from t2v_dist.data import DataConfig, ShardLoader
+cfg = DataConfig(train_shards={str(tmp_path / "train-{000000..000001}.tar")!r}, frames=4, image_size=8,
+                 token_budget=32, max_rows=1, max_caption_tokens=12, num_workers=2, seed=0)
+batches = iter(ShardLoader(cfg, "train"))
+next(batches)
+raise SystemExit("failing on purpose with live workers")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "failing on purpose" in proc.stderr

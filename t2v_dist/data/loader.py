@@ -11,8 +11,9 @@ prefetched by workers but not yet handed out are therefore not part of the state
 """
 from __future__ import annotations
 
+import atexit
 import signal
-
+import weakref
 from typing import Iterator
 
 import numpy as np
@@ -87,9 +88,11 @@ class ShardLoader:
     def _worker_batches(self, dataset: EpochDataset) -> Iterator[WorkerBatch]:
         if self.cfg.num_workers == 0:
             return iter(dataset)
-        return iter(DataLoader(dataset, batch_size=None, num_workers=self._state.num_roles,
-                               prefetch_factor=self.cfg.prefetch_factor, pin_memory=self.cfg.pin_memory,
-                               persistent_workers=False, worker_init_fn=_ignore_preemption_signals))
+        workers = iter(DataLoader(dataset, batch_size=None, num_workers=self._state.num_roles,
+                                  prefetch_factor=self.cfg.prefetch_factor, pin_memory=self.cfg.pin_memory,
+                                  persistent_workers=False, worker_init_fn=_ignore_preemption_signals))
+        _LIVE_WORKER_ITERATORS.add(workers)
+        return workers
 
     def state_dict(self) -> dict:
         """JSON-serialisable position of this rank: save it for EVERY rank."""
@@ -135,3 +138,15 @@ def _ignore_preemption_signals(worker_id: int) -> None:
     still exit with their parent."""
     for sig in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)
+
+
+# Workers ignore SIGTERM, which is also how multiprocessing's own exit hook stops daemon children
+# (terminate, then join): shut live DataLoader workers down the regular way first. atexit runs
+# hooks last-registered first, so this runs before multiprocessing's.
+_LIVE_WORKER_ITERATORS: "weakref.WeakSet" = weakref.WeakSet()
+
+
+@atexit.register
+def _shutdown_live_workers() -> None:
+    for workers in list(_LIVE_WORKER_ITERATORS):
+        workers._shutdown_workers()
