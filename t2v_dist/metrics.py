@@ -47,16 +47,6 @@ def peak_flops_per_device(device: torch.device | str, peak_tflops: float = 0.0) 
     return None
 
 
-def estimate_train_flops(num_params: int, num_tokens: int, n_layer: int, d_model: int, attn_context: int) -> float:
-    """Forward+backward FLOPs of a decoder transformer (PaLM, appendix B): (6N + 12·L·d·ctx) per token.
-
-    `num_params` should exclude embedding tables; `attn_context` is the mean attended length (for
-    packed rows with block-diagonal masks, about half the mean sample length). Convolutions outside
-    the transformer (the frame U-Net) are not counted, so MFU from this is a lower bound.
-    """
-    return float(num_tokens) * (6.0 * num_params + 12.0 * n_layer * d_model * attn_context)
-
-
 def resident_memory_bytes() -> int:
     """Resident set size of this process, from /proc (psutil is not a dependency)."""
     with open("/proc/self/statm", "rb") as f:

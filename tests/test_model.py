@@ -175,6 +175,19 @@ def test_fuzz_packing_matches_unpacked(tok):
             torch.testing.assert_close(packed[b], alone, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("overrides", [{}, dict(d_model=256, n_head=4, n_layer=4)])
+def test_flops_per_step_matches_pytorch_flop_counter(tok, overrides):
+    """MFU rests on the analytic count: it must agree with what PyTorch counts for forward + backward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = tiny(**overrides)
+    batch = pack_samples(make_samples(tok, [12, 12, 12]), 64)
+    with FlopCounterMode(display=False) as counter:
+        model(batch).loss.backward()
+    counted = counter.get_total_flops()
+    assert abs(model.flops_per_step(batch) - counted) / counted < 0.03
+
+
 def test_tiny_model_overfits_one_batch(tok):
     model = tiny(w_motion=0.0)
     batch = pack_samples(make_samples(tok, [4, 3, 5], seed=1), 32, seed=0)
