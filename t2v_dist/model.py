@@ -310,17 +310,18 @@ class T2VModel(nn.Module):
 
     def _per_sample_randomness(self, batch: PackedBatch, shape: tuple[int, ...]):
         """Noise for the encoded frames and motion pairs, drawn per sample from its own seed, so a sample
-        gets the same draws whether it is packed alone or with others."""
+        gets the same draws whether it is packed alone or with others. Pairs are drawn on the CPU (a few
+        integers, no device sync per sample) and moved once; noise is drawn where the frames are."""
         device = batch.frames.device
         offsets = batch.frame_offsets.tolist()
         noise, pairs = [], []
         for b, seed in enumerate(batch.sample_seeds.tolist()):
-            g = torch.Generator(device=device).manual_seed(seed)
             m = offsets[b + 1] - offsets[b]
+            g = torch.Generator(device=device).manual_seed(seed)
             noise.append(torch.randn((m - 1, *shape), generator=g, device=device))
-            local = torch.tensor([0, m], device=device)
-            pairs.append(sample_motion_pairs(local, self.cfg.motion_pairs, g) + offsets[b])
-        return torch.cat(noise), torch.cat(pairs)
+            g_pairs = torch.Generator().manual_seed(seed ^ 0x5DEECE66D)  # a stream apart from the noise's
+            pairs.append(sample_motion_pairs(torch.tensor([0, m]), self.cfg.motion_pairs, g_pairs) + offsets[b])
+        return torch.cat(noise), torch.cat(pairs).to(device, non_blocking=True)
 
     def forward(self, batch: PackedBatch) -> LossOutput:
         cfg = self.cfg
