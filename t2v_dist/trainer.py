@@ -187,8 +187,10 @@ def train(cfg: Config) -> int:
                 frames += batch.num_frames
                 tokens += batch.num_tokens
                 flops += model.flops_per_step(batch)
-                for k, v in [("total", out.loss), *out.terms.items()]:
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                names = ["total", *out.terms]
+                values = torch.stack([out.loss.detach(), *out.terms.values()]).tolist()  # one device sync
+                for k, v in zip(names, values):
+                    sums[k] = sums.get(k, 0.0) + v
             step += 1
             step_s = time.perf_counter() - t_step
             losses = {k: v / t.gradient_accumulation_steps for k, v in sums.items()}
