@@ -1,4 +1,4 @@
-"""Frame + motion loss, forward + backward: PyTorch reference vs torch.compile(reference) vs the Triton kernel.
+"""Frame-level losses (frame, diff, first, motion), forward + backward: PyTorch reference vs torch.compile(reference) vs the Triton kernel.
 
 Sizes are those of a real step of the gpt2 preset: clips of 16 or 64 frames of 32x32 or 64x64, 256 or 4096
 frames per step, K motion pairs per sample. For each size and implementation it reports the median
@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ops import motion_frame_loss, sample_motion_pairs  # noqa: E402
 from ops.reference import motion_frame_loss_reference  # noqa: E402
+from t2v_dist.precision import describe_cpu  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -160,14 +161,14 @@ def bench_size(size: Size, args, device: torch.device, memory: PeakMemory) -> li
     for name, fn in implementations(device, args.compile).items():
         def step(fn=fn):
             pred.grad = None
-            frame, motion = fn(pred, target, offsets, pairs, motion_weighted=args.motion_weighted, tau=args.tau)
-            (frame.sum() + motion.sum()).backward()
-            return frame, motion
+            losses = fn(pred, target, offsets, pairs, motion_weighted=args.motion_weighted, tau=args.tau)
+            sum(term.sum() for term in losses).backward()
+            return losses
 
         t0 = time.perf_counter()
-        frame, motion = step()                       # first call: compiles (torch.compile, Triton JIT)
+        losses = step()                              # first call: compiles (torch.compile, Triton JIT)
         first_call_s[name] = time.perf_counter() - t0
-        outputs[name] = (frame.detach(), motion.detach(), pred.grad.detach().clone())
+        outputs[name] = (*(term.detach() for term in losses), pred.grad.detach().clone())
         steps[name] = step
 
     ms = interleaved_median_ms(steps, device, args.warmup, args.iters)
@@ -205,6 +206,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if cuda else "cpu")
     name = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
+    print(f"# CPU: {describe_cpu()}", flush=True)
     print(f"device: {name}; torch {torch.__version__}; dtype {args.dtype}; K={args.pairs_per_sample}; "
           f"motion_weighted={args.motion_weighted}; median of {args.iters} after {args.warmup} warm-up", flush=True)
 

@@ -1,4 +1,4 @@
-"""Dispatch for the frame + motion loss: the Triton kernel on CUDA, the PyTorch reference elsewhere.
+"""Dispatch for the frame-level losses (frame, diff, first, motion): the Triton kernel on CUDA, the PyTorch reference elsewhere.
 
 backend="auto" picks Triton for CUDA tensors when Triton imports, the reference otherwise (CPU tensors,
 no Triton, or a target that needs its own gradient, which only the reference gives). The environment
@@ -15,7 +15,7 @@ from types import ModuleType
 
 import torch
 
-from ops.reference import motion_frame_loss_reference
+from ops.reference import FrameLosses, motion_frame_loss_reference
 from ops.validation import check_frames, check_loss_indices
 
 BACKENDS = ("auto", "triton", "reference")
@@ -84,8 +84,9 @@ def choose_backend(requested: str, pred: torch.Tensor, target: torch.Tensor) -> 
 
 def motion_frame_loss(pred: torch.Tensor, target: torch.Tensor, frame_offsets: torch.Tensor,
                       pairs: torch.Tensor, *, motion_weighted: bool = False, tau: float = 0.1,
-                      backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample (frame_loss, motion_loss), each (B,) float32 (float64 for float64 pred); see ops/reference.py.
+                      backend: str = "auto") -> FrameLosses:
+    """Per-sample FrameLosses(frame, diff, first, motion), each (B,) float32 (float64 for float64 pred) and
+    unweighted; see ops/reference.py for the math.
 
     pred, target: (F, 3*H*W); frame_offsets: (B+1,) int; pairs: (N_pairs, 2) int global frame indices,
     both frames of a pair in one sample (see ops.sample_motion_pairs). Index tensors may live on the CPU, which

@@ -1,15 +1,30 @@
-"""The text-to-video transformer of arXiv 2309.14683, in one file (see ../DESIGN.md, "The model").
+"""The text-to-video transformer of arXiv 2309.14683, in one file (see docs/design.md, "The model").
 
 Caption tokens x_1..x_n and frames y_1..y_m share one GPT-2 sequence [wte(x_1..x_n), h_1..h_{m-1}]:
-  noise      ybar_i = (1 - beta_i) * y_i + beta_i * eps          beta = linspace(beta_start, beta_end, max_frames)
+  noise      ybar_i = (1 - beta_i) * y_i + beta_i * eps,   beta_i = min(noise_max, noise_slope * i), i from 0
+             (default slope 2 * 0.9 / 1023: the authors' 2 * linspace(0, 0.9, 1024)[i]; independent of max_frames)
   encoder    h_i    = Linear(flatten(UNet.down(ybar_i, beta_i)))   one token per frame
   decoder    yhat_1 = tanh(Linear(z at x_n)),  yhat_{i+1} = tanh(Linear(z at h_i))
   U-Net      ytilde_i = UNet.up(UNet.down(ybar_i))               reconstruction of the clean frame
   LM head    tied to wte, run on text positions only
-  loss       w_text CE + w_frame |y - yhat|^2 + w_recon |y - ytilde|^2 + w_motion L_motion, averaged per sample
+  loss       per sample, then averaged over samples (weights and options from `loss_preset`, see LOSS_PRESETS):
+               w_text CE
+             + s * (w_frame mean_f w_f |yhat_f - y_f|^2 + w_diff mean_{f>1} |(yhat_f - yhat_{f-1}) - (y_f - y_{f-1})|)
+             + w_first |yhat_1 - y_1|_1 + w_recon |ytilde - y|_{1 or 2} + w_motion L_motion
+             s = m (frame_scale="frames", the authors') or 1 ("mean"); w_f = 1 + |y_f - y_{f-1}| if motion_weighted;
+             L_motion = -mean over K random pairs (i, j) of min(mean (yhat_i - yhat_j)^2, tau)
 
 The reconstruction covers the frames that are encoded as tokens (y_1..y_{m-1}). Samples arrive packed
-(`packing.PackedBatch`); the frame and motion terms come from the fused op in `ops/`.
+(`packing.PackedBatch`); the frame, diff, first and motion terms come from the fused op in `ops/`.
+Generation draws each caption's noise from (seed, its sample id), so a video does not depend on its batch.
+
+Where loss_preset="paper" still differs from the authors' code (VideoUnetGPT.forward), and why:
+  - their L_img covers frames 2..m and their L_img2 the differences from frame 2 on; here the frame term
+    also covers frame 1 (weight 1, it has no predecessor) and the diff term also y_2 - y_1: one per-frame
+    rule for the fused kernel, and frame 1 is the one the text must determine;
+  - their means run over the whole batch of equal-length clips; here every term is a per-sample mean
+    (clips of any length pack together), then averaged over samples;
+  - their noise 2 * linspace(0, 0.9, 1024)[i] exceeds 1 after frame 568; here beta is capped at noise_max.
 """
 from __future__ import annotations
 
@@ -22,7 +37,7 @@ import torch.nn.functional as F
 
 from ops import motion_frame_loss, sample_motion_pairs
 from t2v_dist.attention import PackedLayout, masked_attention
-from t2v_dist.packing import PackedBatch
+from t2v_dist.packing import PackedBatch, sample_seed
 
 
 # --------------------------------------------------------------------------------------- config
@@ -40,22 +55,29 @@ class ModelConfig:
     unet_base: int = 8               # channels at full resolution
     unet_mults: tuple[int, ...] = (1, 2, 4, 8)  # one level per entry; each level but the last halves H
     unet_groups: int = 8             # GroupNorm groups
-    max_frames: int = 64             # length of the beta schedule
+    max_frames: int = 64             # most frames per clip
     max_caption_tokens: int = 32     # <|endoftext|> included
-    beta_start: float = 0.0
-    beta_end: float = 0.9
-    w_text: float = 1.0
-    w_frame: float = 1.0
-    w_recon: float = 1.0
-    w_motion: float = 0.1
+    noise_slope: float = 2 * 0.9 / 1023  # beta_i = min(noise_max, noise_slope * i): the authors' 2 * linspace(0, 0.9, 1024)
+    noise_max: float = 0.9
+    # Loss: `loss_preset` (LOSS_PRESETS) fills every loss field left None; a field given explicitly wins.
+    loss_preset: str = "default"
+    w_text: float | None = None
+    w_frame: float | None = None
+    w_diff: float | None = None      # L1 of predicted vs true frame-to-frame differences (the authors' L_img2)
+    w_first: float | None = None     # L1 on the first frame, predicted from the text (the authors' L_t2i)
+    w_recon: float | None = None
+    w_motion: float | None = None
+    frame_scale: str | None = None   # "frames": frame and diff terms times the clip's frame count T; "mean": not
+    motion_weighted: bool | None = None  # weight the frame loss by 1 + |y_t - y_{t-1}|
+    recon_loss: str | None = None    # "l1" | "mse" for the U-Net reconstruction
     motion_pairs: int = 4            # K random pairs per sample
     motion_tau: float = 0.1          # cap of each pair's mean squared difference
-    motion_weighted: bool = False    # weight the frame loss by 1 + |y_t - y_{t-1}|
     attn_backend: str = "auto"       # auto | sdpa | xformers
     loss_backend: str = "auto"       # auto | triton | reference
 
     def __post_init__(self):
         self.unet_mults = tuple(self.unet_mults)
+        self._resolve_loss()
         if self.d_model % self.n_head:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
         scale = 2 ** (len(self.unet_mults) - 1)
@@ -66,8 +88,37 @@ class ModelConfig:
                 raise ValueError(f"unet_base*mult={self.unet_base * m} must be divisible by unet_groups={self.unet_groups}")
         if self.max_caption_tokens + 1 > self.n_positions:
             raise ValueError(f"max_caption_tokens={self.max_caption_tokens} leaves no room for frames in n_positions={self.n_positions}")
-        if not 0.0 <= self.beta_start <= self.beta_end < 1.0:
-            raise ValueError(f"need 0 <= beta_start <= beta_end < 1, got {self.beta_start}, {self.beta_end}")
+        if not (math.isfinite(self.noise_slope) and self.noise_slope >= 0.0):
+            raise ValueError(f"noise_slope must be a finite number >= 0, got {self.noise_slope}")
+        if not 0.0 <= self.noise_max < 1.0:
+            raise ValueError(f"noise_max must be in [0, 1) (1 would make a frame pure noise), got {self.noise_max}")
+
+    def _resolve_loss(self) -> None:
+        if self.loss_preset not in LOSS_PRESETS:
+            raise ValueError(f"unknown loss_preset {self.loss_preset!r}; choose from {sorted(LOSS_PRESETS)}")
+        for name, value in LOSS_PRESETS[self.loss_preset].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        for name in ("w_text", "w_frame", "w_diff", "w_first", "w_recon", "w_motion"):
+            w = getattr(self, name)
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {w!r}")
+        if self.frame_scale not in FRAME_SCALES:
+            raise ValueError(f"frame_scale must be one of {FRAME_SCALES}, got {self.frame_scale!r}")
+        if self.recon_loss not in RECON_LOSSES:
+            raise ValueError(f"recon_loss must be one of {RECON_LOSSES}, got {self.recon_loss!r}")
+        if not isinstance(self.motion_weighted, bool):
+            raise ValueError(f"motion_weighted must be true or false, got {self.motion_weighted!r}")
+        limit = motion_weight_limit(self.w_frame, self.frame_scale)
+        if self.w_motion > 0 and self.w_motion >= limit:
+            per_frame = "w_frame/m" if self.frame_scale == "mean" else "w_frame (frame_scale=frames)"
+            raise ValueError(
+                f"w_motion={self.w_motion} must be below {limit:.4g}: for a clip of m frames, in expectation over "
+                f"its random pairs the motion term is -w_motion * 2/(m-1) * sum_f |yhat_f - mean(yhat)|^2 below "
+                f"its cap, while the frame term costs {per_frame} * sum_f |yhat_f - y_f|^2; at w_motion >= "
+                f"w_frame*(m-1)/{'(2m)' if self.frame_scale == 'mean' else '2'} (= {limit:.4g} for the shortest "
+                f"clip, m=2) spreading the predicted frames apart lowers the loss without bound (up to the cap "
+                f"motion_tau) instead of matching the video; lower w_motion or raise w_frame")
 
     @classmethod
     def from_preset(cls, preset: str, **overrides) -> "ModelConfig":
@@ -77,6 +128,33 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+FRAME_SCALES = ("mean", "frames")
+RECON_LOSSES = ("l1", "mse")
+# The authors' code (VideoUnetGPT.forward): CE + T * (L_img + L_img2) + 5 * L_t2i + L_unet, with L_img the
+# motion-weighted squared frame error, L_img2 and L_t2i and L_unet L1 errors, and no pair term.
+_PAPER_LOSS = dict(w_text=1.0, w_frame=1.0, w_diff=1.0, w_first=5.0, w_recon=1.0, w_motion=0.0,
+                   frame_scale="frames", motion_weighted=True, recon_loss="l1")
+LOSS_PRESETS: dict[str, dict] = {
+    "paper": _PAPER_LOSS,
+    # The project's own choice (to be tuned on the synthetic set): the authors' weights plus the paper's
+    # capped pair term, which pushes consecutive predictions apart against static collapse.
+    "default": {**_PAPER_LOSS, "w_motion": 0.1},
+}
+
+
+def motion_weight_limit(w_frame: float, frame_scale: str, frames: int = 2) -> float:
+    """The w_motion at and above which the capped pair term rewards unbounded spread of a clip's predicted frames.
+
+    For a clip of m frames with K pairs (i != j) drawn uniformly, E_pairs |a_i - a_j|^2 = 2/(m-1) * sum_f
+    |a_f - mean(a)|^2. Below the cap the motion term is thus -w_motion * 2/(m-1) * spread, and the frame term
+    costs c * sum_f |yhat_f - y_f|^2 with c = w_frame/m ("mean") or w_frame ("frames": T * mean over T frames),
+    at least (motion weighting only raises it). Spread is free or rewarded iff w_motion >= c * (m-1)/2, i.e.
+    w_frame*(m-1)/(2m) or w_frame*(m-1)/2, smallest for the shortest clip (m = 2 frames, what packing allows).
+    """
+    c = w_frame / frames if frame_scale == "mean" else w_frame
+    return c * (frames - 1) / 2
 
 
 _GPT2 = dict(n_positions=1024, unet_base=32, max_caption_tokens=64)
@@ -168,6 +246,48 @@ class UNet(nn.Module):
 
 # ------------------------------------------------------------------------------------- backbone
 
+class TransposedLinears:
+    """Copies of some nn.Linear weights as (in, out), for generation on the CPU with a batch of prompts.
+
+    A generation step multiplies a few rows (one per prompt) by every weight matrix. MKL does that about 2x
+    faster with the weight as (in, out) than with nn.Linear's (out, in), which it repacks on every call
+    (bench/generate_throughput.py). The copies cost one more set of those weights in memory during the call.
+    """
+
+    def __init__(self, modules):
+        self.weights = {m: m.weight.t().contiguous() for m in modules}
+
+    def __call__(self, lin: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        wt = self.weights[lin]
+        return torch.addmm(lin.bias, x.reshape(-1, x.shape[-1]), wt).view(*x.shape[:-1], wt.shape[1])
+
+
+def run_linear(lin: nn.Linear, x: torch.Tensor, fast: TransposedLinears | None) -> torch.Tensor:
+    return lin(x) if fast is None else fast(lin, x)
+
+
+class KVCache:
+    """Keys and values of one layer's earlier positions, in buffers allocated once for the whole generation."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.length = capacity, 0
+        self.k = self.v = None
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add (B, H, L, hd) keys and values; return those of every position so far."""
+        if self.k is None:
+            B, H, _, hd = k.shape
+            self.k = k.new_empty(B, H, self.capacity, hd)
+            self.v = v.new_empty(B, H, self.capacity, hd)
+        end = self.length + k.shape[2]
+        if end > self.capacity:
+            raise ValueError(f"KV cache holds {self.capacity} positions, asked for {end}")
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
 class SelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -176,27 +296,27 @@ class SelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.dropout = cfg.dropout
 
-    def _heads(self, x: torch.Tensor):
+    def _heads(self, x: torch.Tensor, fast: TransposedLinears | None = None):
         B, L, D = x.shape
-        q, k, v = self.c_attn(x).split(D, dim=2)
+        q, k, v = run_linear(self.c_attn, x, fast).split(D, dim=2)
         return [t.view(B, L, self.n_head, D // self.n_head).transpose(1, 2) for t in (q, k, v)]
 
-    def _merge(self, y: torch.Tensor) -> torch.Tensor:
+    def _merge(self, y: torch.Tensor, fast: TransposedLinears | None = None) -> torch.Tensor:
         B, H, L, hd = y.shape
-        return F.dropout(self.c_proj(y.transpose(1, 2).reshape(B, L, H * hd)), self.dropout, self.training)
+        y = run_linear(self.c_proj, y.transpose(1, 2).reshape(B, L, H * hd), fast)
+        return F.dropout(y, self.dropout, self.training)
 
     def forward(self, x: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
         q, k, v = self._heads(x)
         return self._merge(layout.attend(q, k, v, self.dropout if self.training else 0.0))
 
-    def forward_cached(self, x: torch.Tensor, mask: torch.Tensor, cache: list | None):
-        """x: new positions (B, L, D); `cache` holds this layer's [k, v] of earlier positions and is extended."""
-        q, k, v = self._heads(x)
+    def forward_cached(self, x: torch.Tensor, mask: torch.Tensor, cache: KVCache | None,
+                       fast: TransposedLinears | None = None):
+        """x: new positions (B, L, D); `cache` holds this layer's keys and values of earlier positions and is extended."""
+        q, k, v = self._heads(x, fast)
         if cache is not None:
-            if cache:
-                k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
-            cache[:] = [k, v]
-        return self._merge(masked_attention(q, k, v, mask))
+            k, v = cache.append(k, v)
+        return self._merge(masked_attention(q, k, v, mask), fast)
 
 
 class MLP(nn.Module):
@@ -206,8 +326,9 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(4 * cfg.d_model, cfg.d_model)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")), self.dropout, self.training)
+    def forward(self, x: torch.Tensor, fast: TransposedLinears | None = None) -> torch.Tensor:
+        h = F.gelu(run_linear(self.c_fc, x, fast), approximate="tanh")
+        return F.dropout(run_linear(self.c_proj, h, fast), self.dropout, self.training)
 
 
 class Block(nn.Module):
@@ -224,17 +345,21 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), layout)
         return x + self.mlp(self.ln_2(x))
 
-    def forward_cached(self, x: torch.Tensor, mask: torch.Tensor, cache: list | None) -> torch.Tensor:
-        x = x + self.attn.forward_cached(self.ln_1(x), mask, cache)
-        return x + self.mlp(self.ln_2(x))
+    def forward_cached(self, x: torch.Tensor, mask: torch.Tensor, cache: KVCache | None,
+                       fast: TransposedLinears | None = None) -> torch.Tensor:
+        x = x + self.attn.forward_cached(self.ln_1(x), mask, cache, fast)
+        return x + self.mlp(self.ln_2(x), fast)
 
 
 # ---------------------------------------------------------------------------------------- model
 
+LOSS_TERMS = ("text", "frame", "diff", "first", "motion", "recon")   # the unweighted terms, in LossOutput order
+
+
 @dataclass
 class LossOutput:
     loss: torch.Tensor                                  # scalar: mean over samples of the weighted sum
-    terms: dict[str, torch.Tensor] = field(default_factory=dict)       # unweighted means: text, frame, recon, motion
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)       # unweighted means: text, frame, diff, first, recon, motion
     per_sample: dict[str, torch.Tensor] = field(default_factory=dict)  # (B,) each, plus "total"
 
 
@@ -259,7 +384,6 @@ class T2VModel(nn.Module):
         self.unet = UNet(cfg)
         self.frame_token = nn.Linear(math.prod(self.unet.bottleneck_shape), cfg.d_model)
         self.frame_decoder = nn.Linear(cfg.d_model, 3 * cfg.image_size ** 2)
-        self.register_buffer("betas", torch.linspace(cfg.beta_start, cfg.beta_end, cfg.max_frames), persistent=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
             if name.endswith("c_proj.weight"):
@@ -277,20 +401,24 @@ class T2VModel(nn.Module):
         return sum(p.numel() for m in mods for p in m.parameters())
 
     # -- pieces shared by training and generation
+    def noise_betas(self, frame_index: torch.Tensor) -> torch.Tensor:
+        """beta of each frame from its index in its clip (0 = first frame) alone: min(noise_max, noise_slope * i)."""
+        return (frame_index.float() * self.cfg.noise_slope).clamp(max=self.cfg.noise_max)
+
     def _noised(self, y: torch.Tensor, frame_index: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        beta = self.betas[frame_index]
+        beta = self.noise_betas(frame_index)
         b = beta[:, None, None, None].to(y.dtype)
         return (1 - b) * y + b * noise, beta
 
-    def encode_frames(self, ybar: torch.Tensor, beta: torch.Tensor):
+    def encode_frames(self, ybar: torch.Tensor, beta: torch.Tensor, fast: TransposedLinears | None = None):
         """Noised frames (N, 3, H, W) -> tokens (N, d_model), plus what the up path needs."""
         h, skips, emb = self.unet.encode(ybar, beta)
-        return self.frame_token(h.flatten(1)), (h, skips, emb)
+        return run_linear(self.frame_token, h.flatten(1), fast), (h, skips, emb)
 
-    def decode_frames(self, z: torch.Tensor) -> torch.Tensor:
+    def decode_frames(self, z: torch.Tensor, fast: TransposedLinears | None = None) -> torch.Tensor:
         """Hidden states (N, d_model) -> frames (N, 3, H, W) in [-1, 1]."""
         s = self.cfg.image_size
-        return torch.tanh(self.frame_decoder(z)).view(-1, 3, s, s)
+        return torch.tanh(run_linear(self.frame_decoder, z, fast)).view(-1, 3, s, s)
 
     def validate_batch(self, batch: PackedBatch) -> None:
         cfg = self.cfg
@@ -356,17 +484,20 @@ class T2VModel(nn.Module):
         text = torch.zeros(B, device=ce.device).index_add(0, batch.text_sample, ce) / n_text.clamp_min(1)
 
         yhat = self.decode_frames(z.index_select(0, batch.frame_pred_pos))
-        frame, motion = motion_frame_loss(yhat.flatten(1), y.flatten(1), batch.frame_offsets, pairs,
-                                          motion_weighted=cfg.motion_weighted, tau=cfg.motion_tau,
-                                          backend=cfg.loss_backend)
-        rec_err = (ytilde.float() - y[enc]).pow(2).flatten(1).mean(1)
+        frame_terms = motion_frame_loss(yhat.flatten(1), y.flatten(1), batch.frame_offsets, pairs,
+                                        motion_weighted=cfg.motion_weighted, tau=cfg.motion_tau,
+                                        backend=cfg.loss_backend)
+        rec_err = ytilde.float() - y[enc]
+        rec_err = (rec_err.abs() if cfg.recon_loss == "l1" else rec_err.pow(2)).flatten(1).mean(1)
         sample_of_enc = sample_of_frame[enc]
         recon = torch.zeros(B, device=y.device).index_add(0, sample_of_enc, rec_err)
         recon = recon / torch.bincount(sample_of_enc, minlength=B).clamp_min(1)
 
-        per_sample = {"text": text, "frame": frame.float(), "recon": recon, "motion": motion.float()}
-        total = (cfg.w_text * text + cfg.w_frame * per_sample["frame"] + cfg.w_recon * recon
-                 + cfg.w_motion * per_sample["motion"])
+        per_sample = {"text": text, **{k: v.float() for k, v in frame_terms._asdict().items()}, "recon": recon}
+        # The authors weight the frame and diff terms by the clip's frame count T (a sum over frames, not a mean).
+        frame_scale = counts.float() if cfg.frame_scale == "frames" else 1.0
+        total = (cfg.w_text * text + frame_scale * (cfg.w_frame * per_sample["frame"] + cfg.w_diff * per_sample["diff"])
+                 + cfg.w_first * per_sample["first"] + cfg.w_recon * recon + cfg.w_motion * per_sample["motion"])
         per_sample["total"] = total
         terms = {k: v.mean() for k, v in per_sample.items() if k != "total"}
         return LossOutput(loss=total.mean(), terms=terms, per_sample=per_sample)
@@ -385,16 +516,22 @@ class T2VModel(nn.Module):
     # -- generation
     @torch.no_grad()
     def generate(self, token_ids: list[list[int]], num_frames: int, seed: int = 0, use_cache: bool = True,
-                 as_float: bool = False) -> torch.Tensor:
+                 as_float: bool = False, sample_ids: list[int] | None = None) -> torch.Tensor:
         """Captions (token ids, ending in <|endoftext|>) -> uint8 frames (B, num_frames, H, W, 3).
 
-        Each generated frame is noised with its beta (seeded) and encoded as the next token. With the
-        KV cache a new frame costs one token; `use_cache=False` recomputes the whole sequence (the check).
-        `as_float` returns (B, num_frames, 3, H, W) floats in [-1, 1] instead.
+        Each generated frame is noised with its beta and encoded as the next token. The noise of caption b
+        is drawn from its own generator, seeded by (seed, sample_ids[b]) (default: its index b), so a
+        caption's video does not depend on the other captions of the batch: a caller that splits a prompt
+        list into batches passes each prompt's index in the list. With the KV cache a new frame costs one
+        token; `use_cache=False` recomputes the whole sequence (the check). `as_float` returns
+        (B, num_frames, 3, H, W) floats in [-1, 1] instead.
         """
         cfg = self.cfg
         if not token_ids or any(len(t) == 0 for t in token_ids):
             raise ValueError("generate needs at least one caption, and no caption may be empty")
+        sample_ids = list(range(len(token_ids))) if sample_ids is None else list(sample_ids)
+        if len(sample_ids) != len(token_ids) or not all(isinstance(i, int) and i >= 0 for i in sample_ids):
+            raise ValueError(f"sample_ids must be {len(token_ids)} ints >= 0 (one per caption), got {sample_ids}")
         if not 1 <= num_frames <= cfg.max_frames:
             raise ValueError(f"num_frames={num_frames} must be in [1, max_frames={cfg.max_frames}]")
         longest = max(len(t) for t in token_ids)
@@ -404,40 +541,54 @@ class T2VModel(nn.Module):
             raise ValueError(f"caption ({longest} tokens) plus {num_frames} frames exceeds n_positions={cfg.n_positions}")
         device, dtype = self.wte.weight.device, self.wte.weight.dtype
         B, L0 = len(token_ids), longest
+        total = L0 + num_frames - 1                            # text + every encoded frame
         # Left-pad captions so that every sample's last text token sits at the same column.
         ids = torch.zeros(B, L0, dtype=torch.long, device=device)
-        valid = torch.zeros(B, L0, dtype=torch.bool, device=device)
+        valid = torch.ones(B, total, dtype=torch.bool, device=device)   # real keys: all but the padding
         for b, t in enumerate(token_ids):
             ids[b, L0 - len(t):] = torch.tensor(t, device=device)
-            valid[b, L0 - len(t):] = True
-        lengths = valid.sum(1)
+            valid[b, :L0 - len(t)] = False
+        lengths = valid[:, :L0].sum(1)
         text_pos = (torch.arange(L0, device=device)[None] - (L0 - lengths)[:, None]).clamp_min(0)
-        seq = self.wte(ids) + self.wpe(text_pos)               # embeddings of the whole sequence so far
-        g = torch.Generator(device=device).manual_seed(seed)
         s = cfg.image_size
-        caches = [[] for _ in self.blocks] if use_cache else None
-        new = seq                                              # positions not yet run through the blocks
+        noise = self._generation_noise(seed, sample_ids, num_frames - 1, (3, s, s), device)
+        fast = self._generation_linears() if device.type == "cpu" and B > 1 else None
+        caches = [KVCache(total) for _ in self.blocks] if use_cache else None
+        pieces = [self.wte(ids) + self.wpe(text_pos)]          # embeddings not yet run through the blocks
+        end = L0
         frames = []
         for t in range(num_frames):
-            total = seq.shape[1]
             if use_cache:
-                z = self._run_blocks(new, valid, total - new.shape[1], caches)
+                z = self._run_blocks(pieces[-1], valid[:, :end], end - pieces[-1].shape[1], caches, fast)
             else:
-                z = self._run_blocks(seq, valid, 0, None)
-            y = self.decode_frames(z[:, -1])                   # yhat_{t+1}
+                z = self._run_blocks(torch.cat(pieces, dim=1), valid[:, :end], 0, None, fast)
+            y = self.decode_frames(z[:, -1], fast)             # yhat_{t+1}
             frames.append(y)
             if t == num_frames - 1:
                 break
-            noise = torch.randn(y.shape, generator=g, device=device, dtype=y.dtype)
-            ybar, beta = self._noised(y, torch.full((B,), t, device=device), noise)
-            tok, _ = self.encode_frames(ybar.to(dtype), beta)
-            new = (tok + self.wpe(lengths + t))[:, None]
-            seq = torch.cat([seq, new], dim=1)
-            valid = torch.cat([valid, torch.ones(B, 1, dtype=torch.bool, device=device)], dim=1)
+            ybar, beta = self._noised(y, torch.full((B,), t, device=device), noise[:, t].to(y.dtype))
+            tok, _ = self.encode_frames(ybar.to(dtype), beta, fast)
+            pieces.append((tok + self.wpe(lengths + t))[:, None])
+            end += 1
         video = torch.stack(frames, 1)
         return video if as_float else float_to_frames(video.flatten(0, 1)).view(B, num_frames, s, s, 3)
 
-    def _run_blocks(self, x: torch.Tensor, valid: torch.Tensor, start: int, caches) -> torch.Tensor:
+    def _generation_linears(self) -> TransposedLinears:
+        """The weights a generation step multiplies by, transposed for a batch of prompts on the CPU."""
+        return TransposedLinears([m for m in (*self.blocks.modules(), self.frame_token, self.frame_decoder)
+                                  if isinstance(m, nn.Linear)])
+
+    @staticmethod
+    def _generation_noise(seed: int, sample_ids: list[int], n: int, shape: tuple[int, ...], device) -> torch.Tensor:
+        """(B, n, *shape) noise, one generator per caption seeded by (seed, its sample id)."""
+        out = torch.empty((len(sample_ids), n, *shape), device=device)
+        for b, i in enumerate(sample_ids):
+            g = torch.Generator(device=device).manual_seed(sample_seed(f"generate:{i}", seed))
+            out[b] = torch.randn((n, *shape), generator=g, device=device)
+        return out
+
+    def _run_blocks(self, x: torch.Tensor, valid: torch.Tensor, start: int, caches: list[KVCache] | None,
+                    fast: TransposedLinears | None = None) -> torch.Tensor:
         """Run new positions [start, start + L) through the blocks; `valid` marks real keys (not padding)."""
         total, L = valid.shape[1], x.shape[1]
         q_pos = torch.arange(start, start + L, device=x.device)
@@ -446,7 +597,7 @@ class T2VModel(nn.Module):
         mask = (causal[None] & valid[:, None, :]) | (k_pos[None, None, :] == q_pos[None, :, None])  # padding sees itself
         mask = mask[:, None]
         for i, block in enumerate(self.blocks):
-            x = block.forward_cached(x, mask, caches[i] if caches is not None else None)
+            x = block.forward_cached(x, mask, caches[i] if caches is not None else None, fast)
         return self.ln_f(x)
 
     # -- cost model (for MFU)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from t2v_dist.model import PRESETS, ModelConfig, T2VModel, load_gpt2_weights
+from t2v_dist.model import LOSS_TERMS, PRESETS, ModelConfig, T2VModel, load_gpt2_weights
 from t2v_dist.packing import pack_samples
 from t2v_dist.tokenizer import encode_caption, load_tokenizer
 
@@ -59,7 +59,7 @@ def test_forward_shapes_and_resolutions(tok, size):
     batch = pack_samples(make_samples(tok, [3, 2, 5], size=size), 32, seed=0)
     out = model(batch)
     assert out.loss.ndim == 0 and torch.isfinite(out.loss)
-    assert set(out.terms) == {"text", "frame", "recon", "motion"}
+    assert tuple(out.terms) == LOSS_TERMS == ("text", "frame", "diff", "first", "motion", "recon")
     assert all(v.shape == (3,) for v in out.per_sample.values())
     video = model.generate([s["tokens"] for s in make_samples(tok, [2, 2])], num_frames=3, seed=0)
     assert video.shape == (2, 3, size, size, 3) and video.dtype == torch.uint8
@@ -100,6 +100,102 @@ def test_cached_generation_equals_uncached(tok):
         torch.testing.assert_close(model.generate([t], num_frames=1, as_float=True)[0], cached[b, :1], rtol=1e-5, atol=1e-5)
     video = model.generate(ids, num_frames=3, seed=0)
     assert video.dtype == torch.uint8 and video.shape == (4, 3, 32, 32, 3)
+
+
+def test_noise_schedule_is_the_authors_and_ignores_max_frames():
+    """beta_i = min(0.9, 2 * 0.9 / 1023 * i): the authors' 2 * linspace(0, 0.9, 1024)[i], whatever max_frames is."""
+    frames = torch.tensor([0, 7, 15])
+    want = torch.tensor([0.0, 7 * 1.8 / 1023, 15 * 1.8 / 1023])
+    for max_frames in (16, 64, 1024):
+        torch.testing.assert_close(tiny(max_frames=max_frames).noise_betas(frames), want)
+    assert abs(float(want[2]) - 0.0264) < 1e-4
+    capped = tiny(noise_slope=0.1, noise_max=0.5).noise_betas(torch.tensor([0, 3, 5, 60]))
+    torch.testing.assert_close(capped, torch.tensor([0.0, 0.3, 0.5, 0.5]))
+    for bad in (dict(noise_max=1.0), dict(noise_max=-0.1), dict(noise_slope=-1e-3), dict(noise_slope=float("nan"))):
+        with pytest.raises(ValueError, match="noise_"):
+            ModelConfig.from_preset("tiny", **bad)
+
+
+def test_generation_noise_is_per_prompt(tok):
+    """A prompt's video depends on (seed, its index), not on the other prompts of its batch."""
+    model = tiny(noise_slope=0.05).eval()  # strong noise, so that a different draw shows in the video
+    ids = [s["tokens"] for s in make_samples(tok, [2, 2, 2, 2])]
+    batch = model.generate(ids, num_frames=6, seed=3, as_float=True)
+    for b, t in enumerate(ids):
+        alone = model.generate([t], num_frames=6, seed=3, as_float=True, sample_ids=[b])
+        torch.testing.assert_close(alone[0], batch[b], rtol=1e-5, atol=1e-5)
+    # A CLI that splits 4 prompts into batches of 2 gets the same videos by passing the prompts' indices.
+    second = model.generate(ids[2:], num_frames=6, seed=3, as_float=True, sample_ids=[2, 3])
+    torch.testing.assert_close(second, batch[2:], rtol=1e-5, atol=1e-5)
+    # The index matters: the same caption at another index gets other noise (frame 0 is noise-free).
+    moved = model.generate([ids[0]], num_frames=6, seed=3, as_float=True, sample_ids=[1])
+    assert not torch.allclose(moved[0, 1:], batch[0, 1:], atol=1e-4)
+    with pytest.raises(ValueError, match="sample_ids"):
+        model.generate(ids, num_frames=2, sample_ids=[0])
+
+
+def test_loss_presets_fill_the_fields_and_explicit_values_win():
+    from t2v_dist.config import Config, ConfigError
+
+    paper = ModelConfig.from_preset("tiny", loss_preset="paper")
+    assert (paper.w_frame, paper.w_diff, paper.w_first, paper.w_recon, paper.w_motion) == (1.0, 1.0, 5.0, 1.0, 0.0)
+    assert (paper.frame_scale, paper.motion_weighted, paper.recon_loss) == ("frames", True, "l1")
+    mine = ModelConfig.from_preset("gpt2", loss_preset="paper", w_first=2.0, frame_scale="mean")
+    assert (mine.w_first, mine.frame_scale, mine.w_diff) == (2.0, "mean", 1.0)
+    assert ModelConfig(**mine.to_dict()) == mine          # a saved config reloads to the same values
+    cfg = Config.load(None, ["--model.loss_preset=paper", "--model.w_diff=0.5", "--model.recon_loss=mse"]).model
+    assert (cfg.loss_preset, cfg.w_diff, cfg.recon_loss, cfg.w_first) == ("paper", 0.5, "mse", 5.0)
+    for bad, message in [(dict(loss_preset="authors"), "unknown loss_preset"), (dict(w_diff=-1.0), "w_diff"),
+                         (dict(frame_scale="sum"), "frame_scale"), (dict(recon_loss="l3"), "recon_loss")]:
+        with pytest.raises(ValueError, match=message):
+            ModelConfig.from_preset("tiny", **bad)
+    with pytest.raises(ConfigError, match="model: w_motion"):
+        Config.load(None, ["--model.w_motion=0.9"])
+
+
+@pytest.mark.parametrize("frame_scale", ["mean", "frames"])
+def test_motion_weight_limit_is_where_spreading_frames_starts_to_pay(frame_scale):
+    """Below the cap, the frame + pair objective (pairs: every ordered pair, the expectation of the random draw)
+    grows with the spread of the predictions just below the limit and falls just above it, for any clip length."""
+    from ops import motion_frame_loss
+    from t2v_dist.model import motion_weight_limit
+
+    limit = motion_weight_limit(1.0, frame_scale)
+    assert limit == (0.25 if frame_scale == "mean" else 0.5)
+    ModelConfig.from_preset("tiny", w_motion=0.99 * limit, frame_scale=frame_scale)
+    with pytest.raises(ValueError, match=r"w_motion=.* must be below .*spreading the predicted frames apart"):
+        ModelConfig.from_preset("tiny", w_motion=limit, frame_scale=frame_scale)
+    for m in (2, 3, 7):
+        g = torch.Generator().manual_seed(m)
+        y = torch.rand(m, 12, generator=g)
+        pairs = torch.tensor([(i, j) for i in range(m) for j in range(m) if i != j])
+        direction = torch.randn(m, 12, generator=g)
+        direction -= direction.mean(0)                    # pure spread: the mean frame stays put
+        limit_m = motion_weight_limit(1.0, frame_scale, frames=m)
+
+        def objective(w_motion, t):
+            losses = motion_frame_loss(y + t * direction, y, torch.tensor([0, m]), pairs, tau=1e9)
+            scale = m if frame_scale == "frames" else 1
+            return float(scale * losses.frame + w_motion * losses.motion)
+
+        # The objective is quadratic in t, plus the constant pair term of y: compare t = 10 with t = -10.
+        for w, grows in ((0.95 * limit_m, True), (1.05 * limit_m, False)):
+            big = objective(w, 10.0) + objective(w, -10.0) - 2 * objective(w, 0.0)
+            assert (big > 0) == grows, (m, w, big)
+
+
+@pytest.mark.parametrize("frame_scale", ["mean", "frames"])
+def test_total_is_the_weighted_sum_of_the_terms(tok, frame_scale):
+    w = dict(w_text=0.5, w_frame=2.0, w_diff=3.0, w_first=4.0, w_recon=0.7, w_motion=0.05)
+    model = tiny(frame_scale=frame_scale, **w).eval()
+    batch = pack_samples(make_samples(tok, [3, 6, 2]), 32, seed=0)
+    out = model(batch).per_sample
+    m = (batch.frame_offsets[1:] - batch.frame_offsets[:-1]).float()
+    s = m if frame_scale == "frames" else 1.0
+    want = (w["w_text"] * out["text"] + s * (w["w_frame"] * out["frame"] + w["w_diff"] * out["diff"])
+            + w["w_first"] * out["first"] + w["w_recon"] * out["recon"] + w["w_motion"] * out["motion"])
+    torch.testing.assert_close(out["total"], want)
+    assert bool((out["diff"] > 0).all() & (out["first"] > 0).all())
 
 
 def test_every_parameter_gets_a_gradient(tok):

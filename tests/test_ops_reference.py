@@ -18,20 +18,26 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def naive_losses(pred, target, offsets, pairs, motion_weighted, tau):
-    """The spec written as loops, in float64: an independent check of the vectorised reference."""
+    """The spec written as loops, in float64: an independent check of the vectorised reference.
+    Returns (frame, diff, first, motion), each (B,)."""
     pred, target = pred.double(), target.double()
     offsets, pairs = offsets.tolist(), pairs.tolist()
-    frame_loss, motion_loss = [], []
+    zero = torch.tensor(0.0, dtype=torch.float64)
+    frame_loss, diff_loss, first_loss, motion_loss = [], [], [], []
     for b in range(len(offsets) - 1):
         start, end = offsets[b], offsets[b + 1]
-        per_frame = []
+        per_frame, per_diff = [], []
         for f in range(start, end):
             w = 1 + (target[f] - target[f - 1]).abs() if motion_weighted and f > start else torch.ones_like(target[f])
             per_frame.append((w * (pred[f] - target[f]) ** 2).mean())
-        frame_loss.append(sum(per_frame) / len(per_frame) if per_frame else torch.tensor(0.0, dtype=torch.float64))
+            if f > start:
+                per_diff.append(((pred[f] - pred[f - 1]) - (target[f] - target[f - 1])).abs().mean())
+        frame_loss.append(sum(per_frame) / len(per_frame) if per_frame else zero)
+        diff_loss.append(sum(per_diff) / len(per_diff) if per_diff else zero)
+        first_loss.append((pred[start] - target[start]).abs().mean() if end > start else zero)
         capped = [torch.clamp(((pred[i] - pred[j]) ** 2).mean(), max=tau) for i, j in pairs if start <= i < end]
-        motion_loss.append(-sum(capped) / len(capped) if capped else torch.tensor(0.0, dtype=torch.float64))
-    return torch.stack(frame_loss), torch.stack(motion_loss)
+        motion_loss.append(-sum(capped) / len(capped) if capped else zero)
+    return tuple(torch.stack(t) for t in (frame_loss, diff_loss, first_loss, motion_loss))
 
 
 def random_case(seed, offsets, pairs, P=12, dtype=torch.float32):
@@ -58,6 +64,7 @@ def test_reference_matches_the_spec_written_as_loops(offsets, pairs, motion_weig
     pred, target, off, pr = random_case(len(offsets) + len(pairs), offsets, pairs)
     got = motion_frame_loss(pred, target, off, pr, motion_weighted=motion_weighted, tau=tau)
     want = naive_losses(pred, target, off, pr, motion_weighted, tau)
+    assert got._fields == ("frame", "diff", "first", "motion") and len(want) == 4
     for g, w in zip(got, want):
         assert g.dtype == torch.float32 and g.shape == (len(offsets) - 1,)
         torch.testing.assert_close(g.double(), w, rtol=1e-5, atol=1e-7)
@@ -67,8 +74,8 @@ def test_reference_matches_the_spec_written_as_loops(offsets, pairs, motion_weig
                                        (torch.float16, torch.float32), (torch.float64, torch.float64)])
 def test_output_dtype_is_at_least_float32(dtype, out):
     pred, target, off, pr = random_case(0, [0, 3], [[0, 1]], dtype=dtype)
-    frame, motion = motion_frame_loss_reference(pred, target, off, pr, motion_weighted=True)
-    assert frame.dtype == out and motion.dtype == out
+    losses = motion_frame_loss_reference(pred, target, off, pr, motion_weighted=True)
+    assert all(t.dtype == out for t in losses)
 
 
 @pytest.mark.parametrize("motion_weighted", [False, True])
@@ -79,18 +86,17 @@ def test_gradcheck_of_the_reference_in_float64(motion_weighted):
     tau = float(dists[1:3].mean())   # between two distances, away from the kink: the cap is active for some pairs only
     pred.requires_grad_()
 
-    def both(p):
-        frame, motion = motion_frame_loss(p, target, off, pr, motion_weighted=motion_weighted, tau=tau)
-        return frame, motion
+    def every_term(p):
+        return tuple(motion_frame_loss(p, target, off, pr, motion_weighted=motion_weighted, tau=tau))
 
-    assert torch.autograd.gradcheck(both, (pred,), eps=1e-6, atol=1e-8)
+    assert torch.autograd.gradcheck(every_term, (pred,), eps=1e-6, atol=1e-8)
 
 
 def test_target_gets_a_gradient_from_the_reference():
     pred, target, off, pr = random_case(1, [0, 3], [[0, 2]])
     target.requires_grad_()
-    frame, _ = motion_frame_loss(pred, target, off, pr, motion_weighted=True)
-    frame.sum().backward()
+    losses = motion_frame_loss(pred, target, off, pr, motion_weighted=True)
+    (losses.frame.sum() + losses.diff.sum()).backward()
     assert target.grad is not None and target.grad.abs().sum() > 0
 
 
@@ -146,8 +152,8 @@ sys.modules["triton"] = None   # makes `import triton` raise ImportError, as on 
 import torch
 from ops import motion_frame_loss
 p = torch.randn(3, 5)
-frame, motion = motion_frame_loss(p, p + 1, torch.tensor([0, 3]), torch.tensor([[0, 1]]))
-print("OK", float(frame[0]))
+frame, diff, first, motion = motion_frame_loss(p, p + 1, torch.tensor([0, 3]), torch.tensor([[0, 1]]))
+print("OK", float(frame[0]), round(float(diff[0]), 6), float(first[0]))
 try:
     motion_frame_loss(p, p, torch.tensor([0, 3]), torch.tensor([[0, 1]]), backend="triton")
 except RuntimeError as e:
@@ -155,7 +161,7 @@ except RuntimeError as e:
 """
     out = _python(code)
     assert out.returncode == 0, out.stderr
-    assert "OK 1.0" in out.stdout
+    assert "OK 1.0 0.0 1.0" in out.stdout
     assert "Triton does not import" in out.stdout
 
 

@@ -74,39 +74,53 @@ def case_matches_reference(seed: int, offsets: list[int], P: int, dtype: str, bl
     dists = (pred[pairs[:, 0]].to(acc) - pred[pairs[:, 1]].to(acc)).pow(2).mean(1)
     tau = float(dists.quantile(tau_quantile)) + 1e-3 if dists.numel() else 0.1   # cap active for some pairs
 
+    from ops.reference import frame_sample_ids, previous_frame_ids
+    prev = previous_frame_ids(off, frame_sample_ids(off, F))
+    is_first = prev == torch.arange(F, device=device)
     for motion_weighted in (False, True):
         # 1. raw kernel outputs, NaN-poisoned first: every element must be written
         index = triton_kernel.LossIndex.build(off, pairs, F, pred.device)
-        per_frame = torch.full((F,), float("nan"), dtype=acc, device=device)
+        per_frame = torch.full((F, 3), float("nan"), dtype=acc, device=device)
         pair_dist = torch.full((pairs.shape[0],), float("nan"), dtype=acc, device=device)
         triton_kernel.launch_forward(pred, target, index, motion_weighted, per_frame, pair_dist, block=block)
         w = motion_weights(target, off, acc) if motion_weighted else 1.0
-        _close(per_frame, ((pred.to(acc) - target.to(acc)).pow(2) * w).mean(1), dt, "per_frame")
+        p_, t_ = pred.to(acc), target.to(acc)
+        _close(per_frame[:, 0], ((p_ - t_).pow(2) * w).mean(1), dt, "per_frame (frame)")
+        _close(per_frame[:, 1], ((p_ - p_[prev]) - (t_ - t_[prev])).abs().mean(1), dt, "per_frame (diff)")
+        _close(per_frame[:, 2], (p_ - t_).abs().mean(1), dt, "per_frame (first)")
         _close(pair_dist, dists, dt, "pair_dist")
 
+        # raw backward with random coefficients, against autograd of the same per-frame sums:
+        # a_f * frame/2 + c_f * first + d_f * diff (d_f = 0 on first frames) and pair terms
         g = torch.Generator().manual_seed(seed + 1)
-        frame_coef = torch.randn(F, generator=g, dtype=acc).to(device)
+        a, c, d = (torch.randn(F, generator=g, dtype=acc).to(device) for _ in range(3))
+        c, d = torch.where(is_first, c, 0.0), torch.where(is_first, 0.0, d)
+        nxt = index.next_frame
+        d_next = torch.where(nxt != torch.arange(F, device=device), d[nxt], 0.0)
+        frame_coef = torch.stack([a, c, d, d_next], 1).contiguous()
         pair_coef = torch.randn(pairs.shape[0], generator=g, dtype=acc).to(device)
         grad = torch.full((F, P), float("nan"), device=device).to(dt)
         triton_kernel.launch_backward(pred, target, index, motion_weighted, frame_coef, pair_coef, grad, block=block)
         leaf = pred.detach().to(acc).requires_grad_()
-        per_frame_t = ((leaf - target.to(acc)).pow(2) * w).sum(1)
+        per_frame_t = ((leaf - t_).pow(2) * w).sum(1)
+        diff_t = ((leaf - leaf[prev]) - (t_ - t_[prev])).abs().sum(1)
+        first_t = (leaf - t_).abs().sum(1)
         pair_t = (leaf[pairs[:, 0]] - leaf[pairs[:, 1]]).pow(2).sum(1)
-        ((frame_coef * per_frame_t).sum() / 2 + (pair_coef * pair_t).sum() / 2).backward()
+        ((a * per_frame_t).sum() / 2 + (c * first_t).sum() + (d * diff_t).sum()
+         + (pair_coef * pair_t).sum() / 2).backward()
         _close(grad, leaf.grad.to(dt), dt, "grad_pred (raw)")
 
         # 2. end to end through autograd, against the reference, with random upstream gradients
         B = off.numel() - 1
-        up_frame = torch.randn(B, generator=g, dtype=acc).to(device)
-        up_motion = torch.randn(B, generator=g, dtype=acc).to(device)
+        upstream = [torch.randn(B, generator=g, dtype=acc).to(device) for _ in range(4)]
         results = []
         for backend in ("triton", "reference"):
             p = pred.detach().clone().requires_grad_()
-            frame, motion = motion_frame_loss(p, target, off, pairs, motion_weighted=motion_weighted, tau=tau,
-                                              backend=backend)
-            ((frame * up_frame).sum() + (motion * up_motion).sum()).backward()
-            results.append((frame, motion, p.grad))
-        for name, got, want in zip(("frame_loss", "motion_loss", "grad_pred"), *results):
+            losses = motion_frame_loss(p, target, off, pairs, motion_weighted=motion_weighted, tau=tau,
+                                       backend=backend)
+            sum((term * up).sum() for term, up in zip(losses, upstream)).backward()
+            results.append((*losses, p.grad))
+        for name, got, want in zip(("frame", "diff", "first", "motion", "grad_pred"), *results):
             _close(got.detach(), want.detach(), dt, f"{name} (motion_weighted={motion_weighted})")
     print("OK", dtype, offsets, P, block, pairs.shape[0])
 
@@ -119,7 +133,7 @@ def case_env_var_and_logging() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(name)s %(message)s")
     from ops import motion_frame_loss
     pred, target, off, pairs = _random_inputs(0, [0, 2, 5], 10, torch.float32, 2, [])
-    frame, _ = motion_frame_loss(pred.requires_grad_(), target, off, pairs)
+    frame = motion_frame_loss(pred.requires_grad_(), target, off, pairs).frame
     assert frame.grad_fn is not None and "TritonMotionFrameLoss" in type(frame.grad_fn).__name__
     try:
         motion_frame_loss(pred, target.requires_grad_(), off, pairs)
@@ -143,7 +157,8 @@ def case_compiles_for_sm90() -> None:
                        "pred_stride": "i32", "target_stride": "i32", "MOTION_WEIGHTED": "constexpr",
                        "BLOCK": "constexpr"}
             backward = {"pred_ptr": f"*{elt}", "target_ptr": f"*{elt}", "prev_frame_ptr": "*i64",
-                        "frame_coef_ptr": f"*{acc}", "incident_start_ptr": "*i64", "partner_ptr": "*i64",
+                        "next_frame_ptr": "*i64", "coef_ptr": f"*{acc}", "incident_start_ptr": "*i64",
+                        "partner_ptr": "*i64",
                         "partner_coef_ptr": f"*{acc}", "grad_ptr": f"*{elt}", "P": "i32", "pred_stride": "i32",
                         "target_stride": "i32", "grad_stride": "i32", "MOTION_WEIGHTED": "constexpr",
                         "BLOCK": "constexpr"}
