@@ -58,6 +58,25 @@ DIRECTION_PHRASES: dict[str, str] = {
 # Shape "radius" (circumradius; half side for squares is 0.85 of it) as a fraction of the frame side.
 SIZES: dict[str, tuple[float, float]] = {"small": (0.09, 0.13), "large": (0.16, 0.22)}
 BACKGROUNDS: tuple[str, ...] = ("plain", "noise", "stripes", "checker")
+# Where an object's path lies: "random" (anywhere that keeps it in view) or "centred" (through the
+# frame centre, so that the caption alone fixes the first frame up to size and background: the easy
+# variant the CPU demo trains on, where a small model can learn the layout in minutes).
+LAYOUTS: tuple[str, ...] = ("random", "centred")
+CENTRED_TRAVEL = 0.6  # of the room the object has along its direction
+
+# Colour x shape x direction combinations kept out of the train split by `--holdout` (they may
+# appear in val only), to measure generalisation to unseen combinations. One per colour and one per
+# direction, shapes in turn, so every colour, shape and direction still appears in train.
+HELD_OUT_COMBOS: tuple[tuple[str, str, str], ...] = (
+    ("red", "circle", "right"),
+    ("green", "square", "up-left"),
+    ("blue", "triangle", "down-right"),
+    ("yellow", "circle", "up"),
+    ("purple", "square", "up-right"),
+    ("orange", "triangle", "left"),
+    ("white", "circle", "down"),
+    ("cyan", "square", "down-left"),
+)
 
 # One moving object, as a clause. Every template names colour, shape and direction.
 SINGLE_TEMPLATES: tuple[str, ...] = (
@@ -74,7 +93,7 @@ _A_BEFORE_VOWEL = re.compile(r"\ba (?=[aeiou])")
 
 _SQRT3_2 = math.sqrt(3.0) / 2.0
 # Outward edge normals of an upward-pointing equilateral triangle (y down): base, right, left.
-_TRIANGLE_NORMALS = ((0.0, 1.0), (_SQRT3_2, -0.5), (-_SQRT3_2, -0.5))
+TRIANGLE_NORMALS = ((0.0, 1.0), (_SQRT3_2, -0.5), (-_SQRT3_2, -0.5))
 _SQUARE_HALF_SIDE = 0.85  # times the radius: a square of similar area to the circle
 
 
@@ -90,6 +109,9 @@ class SyntheticConfig:
     shapes: tuple[str, ...] = SHAPES
     directions: tuple[str, ...] = tuple(DIRECTIONS)
     backgrounds: tuple[str, ...] = BACKGROUNDS[1:]  # textured ones; "plain" is picked by textured_fraction
+    # (colour, shape, direction) combinations train clips never show (`make_clip(..., split="val")` may).
+    held_out: tuple[tuple[str, str, str], ...] = ()
+    layout: str = "random"
 
     def __post_init__(self) -> None:
         if self.frames < 2:
@@ -108,6 +130,22 @@ class SyntheticConfig:
                 raise ValueError(f"{name}: need a non-empty subset of {list(vocab)}, got {list(chosen)}")
         if self.two_shape_fraction > 0 and len(self.colours) < 2:
             raise ValueError("two-shape clips need at least two colours (objects are told apart by colour)")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {self.layout!r}")
+        object.__setattr__(self, "held_out", tuple(tuple(combo) for combo in self.held_out))
+        for combo in self.held_out:
+            if len(combo) != 3 or combo[0] not in COLOURS or combo[1] not in SHAPES or combo[2] not in DIRECTIONS:
+                raise ValueError(f"held_out: need (colour, shape, direction) triples of the vocabulary, got {combo}")
+        for colour in self.colours:
+            for shape in self.shapes:
+                if not self.allowed_directions(colour, shape, "train"):
+                    raise ValueError(f"held_out leaves no direction for a {colour} {shape} in train")
+
+    def allowed_directions(self, colour: str, shape: str, split: str) -> tuple[str, ...]:
+        """Directions an object of this colour and shape may take in a clip of `split`."""
+        if split == "val" or not self.held_out:
+            return self.directions
+        return tuple(d for d in self.directions if (colour, shape, d) not in self.held_out)
 
 
 @dataclass
@@ -146,10 +184,14 @@ class SyntheticClip:
                 "caption_template": self.template}
 
 
-def make_clip(seed: int, index: int, config: SyntheticConfig = SyntheticConfig()) -> SyntheticClip:
-    """Render clip `index` of dataset `seed`. Depends only on (seed, index, config)."""
+def make_clip(seed: int, index: int, config: SyntheticConfig = SyntheticConfig(),
+              split: str = "train") -> SyntheticClip:
+    """Render clip `index` of dataset `seed`. Depends only on (seed, index, config, split); the split
+    matters only with `config.held_out`: a train clip never shows a held-out combination."""
     if seed < 0 or index < 0:
         raise ValueError(f"seed and index must be >= 0, got seed={seed} index={index}")
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     rng = np.random.default_rng([seed, index])
     size, frames = config.size, config.frames
     background = str(rng.choice(config.backgrounds)) if rng.random() < config.textured_fraction else "plain"
@@ -157,7 +199,7 @@ def make_clip(seed: int, index: int, config: SyntheticConfig = SyntheticConfig()
 
     num_objects = 2 if rng.random() < config.two_shape_fraction else 1
     colours = rng.choice(len(config.colours), size=num_objects, replace=False)
-    objects = [_place_object(rng, config, config.colours[c]) for c in colours]
+    objects = [_place_object(rng, config, config.colours[c], split) for c in colours]
     for obj in objects:
         _draw(canvas, obj, frames)
     pixels = np.rint(canvas).astype(np.uint8)
@@ -173,10 +215,16 @@ def make_clip(seed: int, index: int, config: SyntheticConfig = SyntheticConfig()
     return SyntheticClip(frames=pixels, caption=caption, objects=objects, background=background, template=template)
 
 
-def _clause(template: str, obj: ShapeTruth) -> str:
-    text = template.format(colour=obj.colour, shape=obj.shape, size=obj.size,
-                           direction=DIRECTION_PHRASES[obj.direction])
+def caption_for(colour: str, shape: str, direction: str, template: str = SINGLE_TEMPLATES[0],
+                size: str = "small") -> str:
+    """The caption of one object, as the generator writes it: ("orange", "circle", "up-left") ->
+    "an orange circle moves up and to the left"."""
+    text = template.format(colour=colour, shape=shape, size=size, direction=DIRECTION_PHRASES[direction])
     return _A_BEFORE_VOWEL.sub("an ", text)  # "a orange" -> "an orange"
+
+
+def _clause(template: str, obj: ShapeTruth) -> str:
+    return caption_for(obj.colour, obj.shape, obj.direction, template, obj.size)
 
 
 
@@ -204,11 +252,12 @@ def _background(rng: np.random.Generator, kind: str, size: int) -> np.ndarray:
     return base + amplitude * pattern[..., None] * tint
 
 
-def _place_object(rng: np.random.Generator, config: SyntheticConfig, colour: str) -> ShapeTruth:
+def _place_object(rng: np.random.Generator, config: SyntheticConfig, colour: str, split: str) -> ShapeTruth:
     """Pick shape, size, direction, speed and a start point that keeps the object in view."""
     size, frames = config.size, config.frames
     shape = str(rng.choice(config.shapes))
-    direction = str(rng.choice(config.directions))
+    # Without held-out combinations this is config.directions: the same draws as before they existed.
+    direction = str(rng.choice(config.allowed_directions(colour, shape, split)))
     size_name = str(rng.choice(tuple(SIZES)))
     lo, hi = SIZES[size_name]
     radius = float(rng.uniform(lo, hi)) * size
@@ -218,6 +267,9 @@ def _place_object(rng: np.random.Generator, config: SyntheticConfig, colour: str
     travel = float(rng.uniform(0.4, 0.9)) * room / max(abs(dx), abs(dy))
     x0 = float(rng.uniform(margin + max(0.0, -dx * travel), size - margin - max(0.0, dx * travel)))
     y0 = float(rng.uniform(margin + max(0.0, -dy * travel), size - margin - max(0.0, dy * travel)))
+    if config.layout == "centred":  # the draws above still happen: the rest of the clip stays the same
+        travel = CENTRED_TRAVEL * room / max(abs(dx), abs(dy))
+        x0, y0 = size / 2 - dx * travel / 2, size / 2 - dy * travel / 2
     return ShapeTruth(colour=colour, shape=shape, direction=direction, size=size_name, radius_px=radius,
                       speed_px_per_frame=travel / (frames - 1), start_xy=(x0, y0),
                       end_xy=(x0 + dx * travel, y0 + dy * travel))
@@ -239,7 +291,7 @@ def _draw(canvas: np.ndarray, obj: ShapeTruth, frames: int) -> None:
     elif obj.shape == "square":
         distance = np.maximum(np.abs(dx), np.abs(dy)) - r * np.float32(_SQUARE_HALF_SIDE)
     elif obj.shape == "triangle":
-        distance = np.maximum.reduce([dx * np.float32(nx) + dy * np.float32(ny) for nx, ny in _TRIANGLE_NORMALS])
+        distance = np.maximum.reduce([dx * np.float32(nx) + dy * np.float32(ny) for nx, ny in TRIANGLE_NORMALS])
         distance = distance - r * np.float32(0.5)  # inradius of the triangle of circumradius r
     else:
         raise ValueError(f"unknown shape {obj.shape!r}; known: {list(SHAPES)}")

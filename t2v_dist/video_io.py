@@ -5,6 +5,7 @@ upscales by an integer factor with nearest-neighbour (pixels stay crisp, nothing
 """
 from __future__ import annotations
 
+import textwrap
 from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
@@ -12,7 +13,7 @@ from typing import Sequence
 import av
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 FORMATS = ("mp4", "gif", "png")
 
@@ -77,37 +78,69 @@ def write_gif(path: str | Path, frames: np.ndarray | torch.Tensor, fps: int = 8,
     return path
 
 
+def _caption_font():
+    """Pillow's built-in bitmap font (6 x 11 px, Latin-1): shipped with Pillow, nothing to download."""
+    return ImageFont.load_default_imagefont()
+
+
+def _wrap(caption: str, width_px: int, font) -> list[str]:
+    """Lines of `caption` that fit `width_px`; characters outside Latin-1 become '?'."""
+    text = " ".join(str(caption).split()).encode("latin-1", "replace").decode("latin-1")
+    chars = max(1, width_px // max(1, round(font.getlength("M"))))
+    return textwrap.wrap(text, width=chars) or [""]
+
+
 def contact_sheet(clips: Sequence[np.ndarray | torch.Tensor], scale: int = 1, gap: int = 2,
-                  background: int = 255) -> np.ndarray:
-    """One row per clip, its frames left to right, `gap` pixels apart; shorter clips leave blank cells."""
+                  background: int = 255, captions: Sequence[str] | None = None) -> np.ndarray:
+    """One row per clip, its frames left to right, `gap` pixels apart; shorter clips leave blank cells.
+
+    With `captions` (one per clip), each row's caption is written under it, wrapped to the sheet's width.
+    """
     if not clips:
         raise ValueError("contact_sheet: no clips")
+    if captions is not None and len(captions) != len(clips):
+        raise ValueError(f"contact_sheet: {len(captions)} captions for {len(clips)} clips")
     clips = [upscale(as_frames(c, f"clips[{i}]"), scale) for i, c in enumerate(clips)]
     h, w = clips[0].shape[1:3]
     for i, c in enumerate(clips):
         if c.shape[1:3] != (h, w):
             raise ValueError(f"clips[{i}]: frame size {c.shape[1:3]} differs from clips[0] {(h, w)}")
     cols = max(c.shape[0] for c in clips)
-    sheet = np.full((len(clips) * (h + gap) + gap, cols * (w + gap) + gap, 3), background, dtype=np.uint8)
+    width = cols * (w + gap) + gap
+    font = _caption_font() if captions is not None else None
+    lines = [_wrap(c, width - 2 * gap, font) for c in captions] if captions is not None else [[] for _ in clips]
+    line_h = font.getbbox("Ay")[3] + 1 if font else 0
+    tops = np.cumsum([gap] + [h + gap + len(ls) * line_h for ls in lines])
+    sheet = np.full((int(tops[-1]), width, 3), background, dtype=np.uint8)
     for r, clip in enumerate(clips):
         for c, frame in enumerate(clip):
-            y, x = gap + r * (h + gap), gap + c * (w + gap)
+            y, x = tops[r], gap + c * (w + gap)
             sheet[y:y + h, x:x + w] = frame
+    if font is not None:
+        image = Image.fromarray(sheet)
+        draw = ImageDraw.Draw(image)
+        ink = (0, 0, 0) if background >= 128 else (255, 255, 255)
+        for r, row_lines in enumerate(lines):
+            for k, line in enumerate(row_lines):
+                draw.text((gap, int(tops[r]) + h + 1 + k * line_h), line, font=font, fill=ink)
+        sheet = np.asarray(image).copy()
     return sheet
 
 
 def write_contact_sheet(path: str | Path, clips: Sequence[np.ndarray | torch.Tensor], scale: int = 1,
-                        gap: int = 2) -> Path:
+                        gap: int = 2, captions: Sequence[str] | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(contact_sheet(clips, scale=scale, gap=gap)).save(path, format="PNG")
+    Image.fromarray(contact_sheet(clips, scale=scale, gap=gap, captions=captions)).save(path, format="PNG")
     return path
 
 
 def save_samples(out_dir: str | Path, videos: np.ndarray | torch.Tensor | Sequence, formats: Sequence[str] = FORMATS,
-                 fps: int = 8, scale: int = 4, prefix: str = "sample") -> list[Path]:
+                 fps: int = 8, scale: int = 4, prefix: str = "sample",
+                 captions: Sequence[str] | None = None) -> list[Path]:
     """Write each clip of `videos` ((B, T, H, W, 3) or a list of clips) as `<prefix>_<i>.mp4/.gif`, and
-    all of them as one `<prefix>_sheet.png` (one row per clip). Returns the written paths."""
+    all of them as one `<prefix>_sheet.png` (one row per clip, `captions` under their rows).
+    Returns the written paths."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ValueError(f"formats: unknown {unknown}; choose from {FORMATS}")
@@ -120,5 +153,5 @@ def save_samples(out_dir: str | Path, videos: np.ndarray | torch.Tensor | Sequen
         if "gif" in formats:
             written.append(write_gif(out_dir / f"{prefix}_{i}.gif", clip, fps=fps, scale=scale))
     if "png" in formats and clips:
-        written.append(write_contact_sheet(out_dir / f"{prefix}_sheet.png", clips, scale=scale))
+        written.append(write_contact_sheet(out_dir / f"{prefix}_sheet.png", clips, scale=scale, captions=captions))
     return written

@@ -1,13 +1,22 @@
 """The moving-shapes generator: determinism, vocabulary, and that the recorded truth is true."""
 from __future__ import annotations
 
+import io
+import json
+import subprocess
+import sys
+import tarfile
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from shards.synthetic import (COLOURS, DIRECTION_PHRASES, DIRECTIONS, SHAPES, SyntheticConfig,
-                              make_clip)
+from shards.synthetic import (COLOURS, DIRECTION_PHRASES, DIRECTIONS, HELD_OUT_COMBOS, SHAPES, SyntheticConfig,
+                              caption_for, make_clip)
+from shards.synthetic_source import SyntheticSource
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_clip_depends_only_on_seed_and_index():
@@ -103,6 +112,9 @@ def test_subsets_of_the_vocabulary():
     ({"colours": ("red", "mauve")}, "colours"),
     ({"shapes": ()}, "shapes"),
     ({"colours": ("red",)}, "two colours"),
+    ({"held_out": (("red", "circle", "sideways"),)}, "held_out"),
+    ({"held_out": (("red", "circle"),)}, "held_out"),
+    ({"held_out": tuple(("red", "circle", d) for d in DIRECTIONS)}, "no direction for a red circle"),
 ])
 def test_bad_config_is_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -112,3 +124,84 @@ def test_bad_config_is_refused(kwargs, message):
 def test_negative_seed_is_refused():
     with pytest.raises(ValueError, match="seed"):
         make_clip(-1, 0)
+    with pytest.raises(ValueError, match="split"):
+        make_clip(0, 0, split="test")
+
+
+def test_held_out_combinations_leave_every_value_in_train():
+    held = set(HELD_OUT_COMBOS)
+    assert len(held) == len(HELD_OUT_COMBOS) == 8
+    for values, index in ((COLOURS, 0), (SHAPES, 1), (DIRECTIONS, 2)):
+        assert {combo[index] for combo in held} <= set(values)
+        # every value keeps most of its combinations in train
+        for value in values:
+            total = len(COLOURS) * len(SHAPES) * len(DIRECTIONS) // len(values)
+            assert sum(combo[index] == value for combo in held) < total
+
+
+def test_train_clips_never_show_a_held_out_combination():
+    config = SyntheticConfig(held_out=HELD_OUT_COMBOS)
+    held = set(HELD_OUT_COMBOS)
+    train = [o for i in range(600) for o in make_clip(4, i, config, "train").objects]
+    assert not [o for o in train if (o.colour, o.shape, o.direction) in held]
+    assert {o.colour for o in train} == set(COLOURS) and {o.shape for o in train} == set(SHAPES)
+    assert {o.direction for o in train} == set(DIRECTIONS)
+    val = [o for i in range(600) for o in make_clip(4, i, config, "val").objects]
+    assert [o for o in val if (o.colour, o.shape, o.direction) in held]
+    # A val clip is the clip the generator makes without held-out combinations: same draws, same bytes.
+    for i in range(20):
+        assert make_clip(4, i, config, "val").frames.tobytes() == make_clip(4, i).frames.tobytes()
+
+
+def test_caption_for_matches_the_generator():
+    assert caption_for("orange", "circle", "up-left") == "an orange circle moves up and to the left"
+    clip = make_clip(0, 1, SyntheticConfig(two_shape_fraction=0.0))
+    (obj,) = clip.objects
+    assert caption_for(obj.colour, obj.shape, obj.direction, clip.template, obj.size) == clip.caption
+
+
+def test_default_settings_are_those_of_builds_before_held_out():
+    """Incremental builds compare fingerprints made from these settings: old shards must stay valid."""
+    assert set(SyntheticSource(num_clips=1).settings()) == {
+        "seed", "frames", "size", "two_shape_fraction", "textured_fraction", "colours", "shapes", "directions",
+        "backgrounds"}
+    held = SyntheticSource(num_clips=1, config=SyntheticConfig(held_out=HELD_OUT_COMBOS), val_fraction=0.2)
+    assert held.settings()["held_out"] == [list(c) for c in HELD_OUT_COMBOS]
+    assert held.settings()["val_fraction"] == 0.2
+
+
+def _shard_truth(tar_path: Path) -> list[dict]:
+    with tarfile.open(tar_path) as tar:
+        return [json.load(io.BytesIO(tar.extractfile(m).read())) for m in tar if m.name.endswith(".json")]
+
+
+def _build(out: Path, *extra: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "shards.cli", "synthetic", "--out", str(out), "--num_clips", "400",
+                           "--frames", "8", "--size", "32", "--seed", "5", "--samples_per_shard", "100",
+                           "--val_fraction", "0.3", "--progress", "False", *extra],
+                          cwd=REPO, check=True, capture_output=True, text=True)
+    return done.stdout
+
+
+def test_cli_holdout_plain_single_object_shards(tmp_path):
+    out = tmp_path / "syn"
+    _build(out)
+    first = {p.name: p.read_bytes() for p in out.glob("*.tar")}
+    # The new options enter the fingerprint: an incremental rebuild with them rebuilds every shard.
+    log = _build(out, "--holdout", "True", "--textured_fraction", "0", "--two_shape_fraction", "0")
+    assert "reused 0" in log, log
+    held = set(HELD_OUT_COMBOS)
+    train = [m for p in out.glob("train-*.tar") for m in _shard_truth(p)]
+    val = [m for p in out.glob("val-*.tar") for m in _shard_truth(p)]
+    assert len(train) + len(val) == 400 and len(val) > 60
+    for meta in train + val:
+        assert meta["background"] == "plain" and len(meta["objects"]) == 1
+        (obj,) = meta["objects"]
+        assert meta["held_out_combo"] == ((obj["colour"], obj["shape"], obj["direction"]) in held)
+    assert not any(m["held_out_combo"] for m in train)
+    assert any(m["held_out_combo"] for m in val)
+    for attribute, values in (("colour", COLOURS), ("shape", SHAPES), ("direction", DIRECTIONS)):
+        assert {m["objects"][0][attribute] for m in train} == set(values), attribute
+    # Back to the defaults: the same bytes as the first build.
+    _build(out)
+    assert {p.name: p.read_bytes() for p in out.glob("*.tar")} == first

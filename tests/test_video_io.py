@@ -107,3 +107,36 @@ def test_bad_arguments_are_rejected(tmp_path):
         contact_sheet([frames, moving_square(2, size=16)])
     with pytest.raises(ValueError, match="no clips"):
         contact_sheet([])
+
+
+def test_contact_sheet_writes_each_caption_under_its_row(tmp_path):
+    a, b = moving_square(5), moving_square(3, color=(40, 200, 40))
+    plain = contact_sheet([a, b], scale=2, gap=2)
+    long = "a blue square moves right " * 4  # wider than 5 frames of 64 px: wrapped onto a second line
+    sheet = contact_sheet([a, b], scale=2, gap=2, captions=["a red circle moves left", long])
+    line_h = 12
+    assert sheet.shape == (plain.shape[0] + 3 * line_h, plain.shape[1], 3)
+    # Frames move down by the caption bands above them, pixel for pixel.
+    np.testing.assert_array_equal(sheet[2:66, 2:66], upscale(a, 2)[0])
+    row2 = 2 + 64 + 2 + line_h
+    np.testing.assert_array_equal(sheet[row2:row2 + 64, 2 + 66 * 2:66 * 3], upscale(b, 2)[2])
+
+    def ink_rows(top, bottom):
+        band = sheet[top:bottom]
+        return (band.min(axis=2) < 100).any(axis=1)
+
+    assert ink_rows(66, 66 + line_h).sum() >= 5                          # caption 1 under row 1
+    assert ink_rows(row2 + 64, row2 + 64 + 2 * line_h)[line_h:].sum() >= 5  # caption 2 wraps to a 2nd line
+    # Different captions draw different ink; the text is black on the white sheet.
+    assert not np.array_equal(sheet[66:66 + line_h, :100], sheet[row2 + 64:row2 + 64 + line_h, :100])
+    assert set(np.unique(sheet[66:66 + line_h])) <= {0, 255}
+    path = write_contact_sheet(tmp_path / "sheet.png", [a, b], scale=2, captions=["x", "caf\u00e9 \u4e2d"])
+    assert Image.open(path).size == (plain.shape[1], plain.shape[0] + 2 * line_h)  # non-Latin-1 drawn as '?'
+    with pytest.raises(ValueError, match="2 captions for 1 clips"):
+        contact_sheet([a], captions=["x", "y"])
+
+
+def test_save_samples_sheet_has_captions(tmp_path):
+    videos = np.stack([moving_square(4), moving_square(4, color=(0, 0, 255))])
+    save_samples(tmp_path, videos, formats=["png"], scale=1, captions=["one", "two"])
+    assert Image.open(tmp_path / "sample_sheet.png").size == (4 * 34 + 2, 2 * (34 + 12) + 2)
