@@ -1,4 +1,4 @@
-"""Train the text-to-video transformer with DeepSpeed ZeRO-2.
+r"""Train the text-to-video transformer with DeepSpeed ZeRO-2.
 
 One CPU process (fp32, gloo):
     python launch/train.py --config launch/configs/demo.yaml
@@ -12,8 +12,10 @@ Several nodes (a hostfile with "host slots=8" lines; SLURM: launch/slurm.sh runs
 Any config field can be overridden with a dotted flag, e.g.
     --model.preset=gpt2 --train.max_steps=1000 --data.train_shards='data/syn/train-{000000..000019}.tar'
 
-A run dir that holds checkpoints is resumed from its latest one. SIGTERM or SIGUSR1 (what SLURM sends
-before preempting) makes every rank finish its step, save a checkpoint and exit with code 0.
+A run dir that holds checkpoints is resumed from its newest complete one (`latest`, or a newer universal
+one); --checkpoint.tag=TAG picks one explicitly. One job at a time per run dir (run_dir/run.lock).
+SIGTERM or SIGUSR1 (what SLURM sends before preempting) makes every rank stop its step, evaluation or
+sample generation, save a checkpoint and exit with train.preempted_exit_code (0; launch/slurm.sh sets 75).
 Check a config without starting anything: python -m t2v_dist.config --config X --world-size N [overrides].
 """
 from __future__ import annotations
@@ -27,7 +29,10 @@ import fire
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from t2v_dist.config import Config, ConfigError  # noqa: E402
+from t2v_dist.checkpoint import ResumeError  # noqa: E402
+from t2v_dist.config import Config, ConfigError, sections  # noqa: E402
+from t2v_dist.preflight import PreflightError  # noqa: E402
+from t2v_dist.runlock import RunLockedError  # noqa: E402
 from t2v_dist.trainer import train  # noqa: E402
 
 
@@ -54,9 +59,22 @@ def main(config: str = "launch/configs/demo.yaml", run_dir: str | None = None, l
         cfg.check_world_size(int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))))
     except ConfigError as exc:
         raise SystemExit(f"config error: {exc}") from None
-    code = train(cfg)
+    try:
+        code = train(cfg)
+    except (PreflightError, RunLockedError, ResumeError) as exc:
+        # Every rank raises the same error; one copy of the message is enough.
+        raise SystemExit(f"error: {exc}" if rank == 0 else 1) from None
     if code:
         raise SystemExit(code)
+
+
+def usage() -> str:
+    """--help: fire cannot list the dotted config keys that **overrides takes."""
+    return (f"{__doc__.strip()}\n\nUsage: [deepspeed ...] launch/train.py [--config FILE] [--run_dir DIR] "
+            f"[--section.key=value ...]\n\n{main.__doc__.strip()}\n\n"
+            f"Config sections: {', '.join(sections()[0])}; top-level keys: {', '.join(sections()[1])}.\n"
+            f"Every field with its type and default, and the value a config gives it:\n"
+            f"    python -m t2v_dist.config --config launch/configs/demo.yaml --print\n")
 
 
 def _as_text(value) -> str:
@@ -69,4 +87,7 @@ def _as_text(value) -> str:
 
 
 if __name__ == "__main__":
+    if any(arg in ("-h", "--help", "-help") for arg in sys.argv[1:]):
+        print(usage())
+        sys.exit(0)
     fire.Fire(main)

@@ -210,7 +210,7 @@ def test_two_ranks_resume_exactly_and_universal_checkpoint_resumes_on_one_rank(t
     assert ck.list_tags(ckpt_dir) == ["step00000008"]
     assert sorted(p.name for p in tag.iterdir()) == [
         "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt",
-        "mp_rank_00_model_states.pt"]
+        ck.COMPLETE, "mp_rank_00_model_states.pt"]
 
     resumed = run_ranks(tmp_path, 2, "resume", ckpt_dir, free_port(), "bf16")
     for r in (0, 1):
@@ -236,3 +236,157 @@ def test_two_ranks_resume_exactly_and_universal_checkpoint_resumes_on_one_rank(t
     # Same weights and data as rank 0 of the 2-rank run: the first loss (before any update) matches.
     assert one["losses"][0] == train[0]["losses"][8]
     assert torch.isfinite(torch.tensor(one["losses"])).all()
+
+
+# ------------------------------------------------------------------ which checkpoint a run resumes from
+
+def _save_steps(engine, cfg, ckpt_dir: Path, steps, keep_last: int = 5) -> None:
+    for step in steps:
+        train_step(engine, step)
+        ck.save(engine, ckpt_dir, step, ck.build_client_state(step, {}, cfg.to_dict(), cfg.config_hash()), keep_last)
+
+
+def test_missing_or_unreadable_latest_is_an_error_listing_complete_tags(dist_one_rank, tmp_path):
+    """Never a silent start from step 0 or a rollback: tags without a readable `latest` stop the run."""
+    engine, cfg = make_engine(0)
+    d = tmp_path / "ck"
+    assert ck.choose_resume(d, 1) is None                            # a fresh run
+    _save_steps(engine, cfg, d, (1, 2, 3))
+    assert json.loads((d / "step00000003" / ck.COMPLETE).read_text())["world_size"] == 1
+    (d / "step00000004").mkdir()                                      # a save that never finished
+    (d / "step00000004" / ck.MODEL_STATES).write_bytes(b"partial")
+    assert ck.choose_resume(d, 1) == ck.Resume("step00000003", 3, False)
+    listed = "step00000001, step00000002, step00000003. Resume from one explicitly with --checkpoint.tag=TAG " \
+             "(the newest: --checkpoint.tag=step00000003)"
+
+    (d / "latest").unlink()
+    with pytest.raises(ck.ResumeError, match="no 'latest' file") as err:
+        ck.choose_resume(d, 1)
+    assert listed in str(err.value) and "step00000004" not in str(err.value)
+    with pytest.raises(ck.ResumeError, match="no 'latest' file"):
+        ck.load(engine, d)                                            # load() without a tag decides the same way
+
+    (d / "latest").write_bytes(b"\xff\xfe\x00\x13garbage")
+    with pytest.raises(ck.ResumeError, match=f"{d / 'latest'} is unreadable") as err:
+        ck.choose_resume(d, 1)
+    assert listed in str(err.value)
+    (d / "latest").write_text("step00000004")
+    with pytest.raises(ck.ResumeError, match="names checkpoint 'step00000004', which is incomplete"):
+        ck.choose_resume(d, 1)
+    with pytest.raises(ck.ResumeError, match="checkpoint.tag=step00000009: .* is not a complete checkpoint"):
+        ck.choose_resume(d, 1, tag="step00000009")
+
+    # The explicit tag wins over the broken pointer, and loads that step.
+    chosen = ck.choose_resume(d, 1, tag="step00000002")
+    assert chosen == ck.Resume("step00000002", 2, False)
+    resumed, _ = make_engine(7)
+    assert ck.load(resumed, d, chosen.tag)["step"] == 2 and resumed.global_steps == 2
+
+
+def _to_universal(tag_dir: Path) -> None:
+    conv = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(tag_dir),
+                           "--output_folder", f"{tag_dir}_universal", "--num_extract_workers", "1",
+                           "--num_merge_workers", "1"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert conv.returncode == 0, conv.stdout[-2000:] + conv.stderr[-2000:]
+
+
+def test_newest_complete_checkpoint_wins_over_latest_universal(dist_one_rank, tmp_path):
+    """Universal checkpoints are used only while they are the newest; another world size gets the command."""
+    engine, cfg = make_engine(0)
+    d = tmp_path / "ck"
+    _save_steps(engine, cfg, d, (3,))
+    with pytest.raises(ck.ResumeError, match="written by 1 ranks and this run has 2") as err:
+        ck.choose_resume(d, 2)
+    assert (f"python -m deepspeed.checkpoint.ds_to_universal --input_folder {d}/step00000003 "
+            f"--output_folder {d}/step00000003_universal") in str(err.value)
+    assert "--checkpoint.load_universal=true" in str(err.value)
+
+    _to_universal(d / "step00000003")
+    assert (d / "latest_universal").read_text().strip() == "step00000003_universal"
+    regular, universal = ck.Resume("step00000003", 3, False), ck.Resume("step00000003_universal", 3, True)
+    assert ck.choose_resume(d, 1) == regular                           # same step: the regular one ...
+    assert ck.choose_resume(d, 1, load_universal=True) == universal    # ... unless asked for
+    assert ck.choose_resume(d, 2) == universal                         # or the regular one cannot load here
+    assert ck.choose_resume(d, 1, tag="step00000003_universal") == universal
+
+    # The run resumed from the universal one saves step 6: from now on step 6 wins, flag or not.
+    _save_steps(engine, cfg, d, (6,))
+    assert ck.choose_resume(d, 1, load_universal=True) == ck.Resume("step00000006", 6, False)
+    assert not ck.set_load_universal(build_deepspeed_config(cfg, 1, "cpu"), ck.Resume("step00000006", 6, False)
+                                     )["checkpoint"]["load_universal"]
+    fresh, _ = make_engine(5)
+    assert ck.load(fresh, d, "step00000006")["step"] == 6 and fresh.global_steps == engine.global_steps
+    # Only a universal checkpoint newer than `latest` is taken on its own.
+    (d / "latest").write_text("step00000003")
+    assert ck.choose_resume(d, 1) == ck.Resume("step00000003", 3, False)  # a tie again
+    (d / "step00000006").rename(d / "step00000002")
+    (d / "latest").write_text("step00000002")
+    assert ck.choose_resume(d, 1) == universal
+
+
+DISK_FULL_WORKER = textwrap.dedent("""
+    import json, os, sys
+    import deepspeed
+    sys.path.insert(0, sys.argv[2])
+    from test_checkpoint import make_engine, train_step
+    from t2v_dist import checkpoint as ck
+
+    ckpt_dir = sys.argv[1]
+    deepspeed.init_distributed(dist_backend="gloo")
+    engine, cfg = make_engine(0)
+    train_step(engine, 0)
+    state = ck.build_client_state(1, {}, cfg.to_dict(), cfg.config_hash())
+    ck.save(engine, ckpt_dir, 1, state, keep_last=3)
+    try:
+        with open(ckpt_dir + "/../filler", "wb") as f:   # fill the disk up
+            while True:
+                f.write(b"x" * 4096)
+                f.flush()
+    except OSError:
+        pass
+    try:
+        ck.save(engine, ckpt_dir, 2, state, keep_last=3)
+        print("RESULT saved", flush=True)
+    except ck.CheckpointWriteError as exc:
+        print("RESULT " + json.dumps(str(exc)), flush=True)
+    print("STATE " + json.dumps([open(ckpt_dir + "/latest").read(), sorted(os.listdir(ckpt_dir))]), flush=True)
+""")
+
+
+def test_a_disk_that_fills_during_a_save_says_so(tmp_path, free_port):
+    """A real ENOSPC: a 1 MiB tmpfs in a user + mount namespace, filled up between two saves."""
+    if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("unshare -rm (user namespaces) is not available here")
+    mnt = tmp_path / "small_disk"
+    mnt.mkdir()
+    (tmp_path / "worker.py").write_text(DISK_FULL_WORKER)
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="1", RANK="0",
+               LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", PYTHONPATH=str(REPO))
+    script = (f"mount -t tmpfs -o size=1m tmpfs {mnt} && "
+              f"exec {sys.executable} {tmp_path / 'worker.py'} {mnt}/ck {REPO / 'tests'}")
+    out = subprocess.run(["unshare", "-rm", "sh", "-c", script], env=env, cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if line.startswith(("RESULT ", "STATE ")))
+    assert "RESULT" in lines and "STATE" in lines, out.stdout[-3000:] + out.stderr[-3000:]
+    message = json.loads(lines["RESULT"])
+    assert f"writing checkpoint {mnt}/ck/step00000002 failed: the disk holding {mnt}/ck is full" in message, message
+    assert "'latest' still names the previous checkpoint" in message
+    latest, listing = json.loads(lines["STATE"])
+    assert latest == "step00000001" and "step00000001" in listing and "step00000002" not in listing  # partial tag gone
+
+
+def test_an_explicit_tag_rolls_back_once_not_on_every_relaunch(dist_one_rank, tmp_path):
+    """A requeued job relaunches the same command: a --checkpoint.tag it already resumed from must not win again."""
+    engine, cfg = make_engine(0)
+    run_dir, d = tmp_path, tmp_path / "ck"
+    _save_steps(engine, cfg, d, (3, 6))
+    assert ck.tag_to_resume(run_dir, d, "step00000003") == "step00000003"     # first use: the way back
+    ck.record_config(run_dir, cfg.to_dict(), cfg.config_hash(), 3, "step00000003")
+    assert ck.tag_to_resume(run_dir, d, "step00000003") == "step00000003"     # crashed before a save: again
+    _save_steps(engine, cfg, d, (4,))                                            # the resumed run saved step 4
+    assert (d / "latest").read_text() == "step00000004"
+    assert ck.tag_to_resume(run_dir, d, "step00000003") is None                # relaunch: continue from latest
+    assert ck.tag_to_resume(run_dir, d, "step00000006") == "step00000006"      # another tag is a new request
+    assert ck.tag_to_resume(run_dir, d, None) is None
+    history = [json.loads(line) for line in (run_dir / ck.CONFIG_HISTORY).read_text().splitlines()]
+    assert json.loads((run_dir / "config.json").read_text()) == cfg.to_dict() == history[0]["config"]

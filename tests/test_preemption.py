@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -65,3 +66,21 @@ def test_local_signal_sets_flag_and_uninstall_restores_handlers():
         os.kill(os.getpid(), signal.SIGUSR1)  # a second signal keeps the first one's name
         assert handler.received == signal.SIGUSR1
     assert signal.getsignal(signal.SIGUSR1) is before
+
+
+def test_watchdog_reports_a_checkpoint_later_than_the_deadline(caplog):
+    """A real signal starts the clock: past preempt_deadline_s without a checkpoint, an error says so."""
+    caplog.set_level("INFO", logger="t2v_dist.preemption")
+    with PreemptionHandler(signals=(signal.SIGUSR1,), deadline_s=0.3) as late:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.6)
+        assert "preemption checkpoint is not written yet (checkpoint.preempt_deadline_s=0.3)" in caplog.text
+        assert late.checkpoint_written() > 0.3
+        assert "later than checkpoint.preempt_deadline_s=0.3" in caplog.text
+    caplog.clear()
+    with PreemptionHandler(signals=(signal.SIGUSR1,), deadline_s=0.3) as on_time:
+        assert on_time.checkpoint_written() is None           # no signal: nothing to time
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert on_time.checkpoint_written() < 0.3
+        time.sleep(0.5)                                        # the cancelled watchdog stays quiet
+    assert caplog.text == ""
