@@ -43,6 +43,8 @@ class BuildConfig:
     val_fraction: float = 0.05
     prefix: str = ""               # shard names: [PREFIX-]train-000000.tar
     progress: bool = True
+    task_index: int = 0            # this task builds shards task_index, task_index + num_tasks, ... (array jobs)
+    num_tasks: int = 1
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -55,6 +57,10 @@ class BuildConfig:
             raise ValueError(f"val_fraction must be in [0, 1], got {self.val_fraction}")
         if self.prefix:
             check_key(self.prefix)
+        if self.num_tasks < 1:
+            raise ValueError(f"num_tasks must be >= 1, got {self.num_tasks}")
+        if not 0 <= self.task_index < self.num_tasks:
+            raise ValueError(f"task_index must be in [0, num_tasks={self.num_tasks}), got {self.task_index}")
 
 
 @dataclass(frozen=True)
@@ -138,18 +144,26 @@ def build_shard(job: ShardJob) -> dict:
 
 def build(source: Source, config: BuildConfig) -> dict:
     """Build (or complete) the shard set of `source` under `config.out`; returns the summary,
-    which is also written to OUT/[PREFIX-]summary.json."""
+    which is also written to OUT/[PREFIX-]summary.json.
+
+    With `num_tasks` > 1 this builds only every num_tasks-th shard from `task_index` on (the same
+    bytes a single build writes) and returns the summary of those; no summary.json is written, since
+    the other tasks' shards may not exist yet: a final run without `num_tasks` reuses every complete
+    shard and writes it."""
     clock = time.perf_counter()
     items = source.plan()
     _check_unique_keys(items)
     jobs = plan_jobs(source, items, config)
+    mine = jobs[config.task_index::config.num_tasks]
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    todo = jobs if config.mode == "overwrite" else [job for job in jobs if not is_complete(job)]
+    todo = mine if config.mode == "overwrite" else [job for job in mine if not is_complete(job)]
     built = {job.tar_path: stats for job, stats in zip(todo, _run(todo, config, source.kind))}
     all_stats = [built.get(job.tar_path) or json.loads(stats_path(Path(job.tar_path)).read_text("utf-8"))
-                 for job in jobs]
-    summary = _summary(source, config, jobs, all_stats, set(built), time.perf_counter() - clock)
+                 for job in mine]
+    summary = _summary(source, config, jobs, mine, all_stats, set(built), time.perf_counter() - clock)
+    if config.num_tasks > 1:
+        return summary
     if summary["stale_shards"]:
         print(f"warning: {len(summary['stale_shards'])} shard(s) in {out} are not part of this build "
               f"(left alone): {summary['stale_shards'][:5]}", file=sys.stderr)
@@ -191,27 +205,33 @@ def _check_unique_keys(items: list[InputItem]) -> None:
         seen[item.key] = item.path
 
 
-def _summary(source: Source, config: BuildConfig, jobs: list[ShardJob], all_stats: list[dict],
-             built: set[str], seconds: float) -> dict:
+def _summary(source: Source, config: BuildConfig, planned: list[ShardJob], jobs: list[ShardJob],
+             all_stats: list[dict], built: set[str], seconds: float) -> dict:
+    """The summary of `jobs` (all `planned` ones, or one array task's share) with their stats."""
     splits = {}
     for split in SPLITS:
         stats = [s for s in all_stats if s["split"] == split]
         splits[split] = {
             "shards": len(stats),
-            "pattern": _brace_pattern(config.prefix, split, len(stats)),
+            # an array task holds every num_tasks-th shard: only the full set has a pattern
+            "pattern": _brace_pattern(config.prefix, split, len(stats)) if config.num_tasks == 1 else None,
             "inputs": sum(s["inputs"] for s in stats),
             "samples": sum(s["samples"] for s in stats),
             "frames": sum(s["frames"] for s in stats),
             "errors": sum(len(s["errors"]) for s in stats),
         }
     reasons = Counter(_reason_kind(e["reason"]) for s in all_stats for e in s["errors"])
-    planned = {Path(job.tar_path).name for job in jobs}
+    planned_names = {Path(job.tar_path).name for job in planned}
     prefix = re.escape(f"{config.prefix}-" if config.prefix else "")
     shard_name = re.compile(rf"^{prefix}(?:{'|'.join(SPLITS)})-\d{{6}}\.tar$")
-    stale = sorted(p.name for p in Path(config.out).iterdir() if shard_name.match(p.name) and p.name not in planned)
+    stale = sorted(p.name for p in Path(config.out).iterdir()
+                   if shard_name.match(p.name) and p.name not in planned_names)
+    task = {"task": {"index": config.task_index, "count": config.num_tasks}} if config.num_tasks > 1 else {}
     return {
         "kind": source.kind, "settings": source.settings(), "format": FORMAT_VERSION,
-        "config": {k: v for k, v in asdict(config).items() if k != "progress"},
+        # how the work was split does not change the shards: a split build's summary equals a single one's
+        "config": {k: v for k, v in asdict(config).items() if k not in ("progress", "task_index", "num_tasks")},
+        **task,
         "splits": splits,
         "inputs": sum(s["inputs"] for s in all_stats),
         "samples": sum(s["samples"] for s in all_stats),

@@ -18,7 +18,7 @@ import fire
 
 from shards.build import BuildConfig, build, summary_name
 from shards.stats import summarize
-from shards.synthetic import SyntheticConfig
+from shards.synthetic import HELD_OUT_COMBOS, SyntheticConfig
 from shards.synthetic_source import SyntheticSource
 from shards.video import ClipSpec
 from shards.video_sources import FolderSource, ManifestSource, Ucf101Source
@@ -28,7 +28,9 @@ from shards.wds_source import WdsSource
 def synthetic(out: str, num_clips: int = 10000, frames: int = 16, size: int = 32, seed: int = 0,
               samples_per_shard: int = 1000, workers: int = 1, mode: str = "incremental",
               val_fraction: float = 0.05, prefix: str = "", two_shape_fraction: float = 0.3,
-              textured_fraction: float = 0.5, progress: bool = True) -> None:
+              textured_fraction: float = 0.5, holdout: bool = False, layout: str = "random",
+              task_index: int = 0, num_tasks: int = 1,
+              progress: bool = True) -> None:
     """Build shards of moving coloured shapes (the embedded default dataset); clip i depends only on (seed, i).
 
     Args:
@@ -44,18 +46,29 @@ def synthetic(out: str, num_clips: int = 10000, frames: int = 16, size: int = 32
         val_fraction: fraction of clips put in the val split (stable hash of the clip key).
         prefix: optional shard name prefix.
         two_shape_fraction: fraction of clips with two moving shapes.
-        textured_fraction: fraction of clips with a textured (noise, stripes, checker) background.
+        textured_fraction: fraction of clips with a textured (noise, stripes, checker) background;
+            0 gives plain backgrounds only (with --two_shape_fraction 0: one object on a plain background).
+        holdout: keep the colour x shape x direction combinations of shards.synthetic.HELD_OUT_COMBOS out
+            of the train split (val clips may show them), to measure generalisation to unseen combinations.
+        layout: 'random' (a path anywhere in view) or 'centred' (every path crosses the frame centre, so the
+            caption fixes the layout: the easy variant of the CPU demo).
+        task_index: build only shards task_index, task_index + num_tasks, ... (an array job's task; see
+            launch/shards_slurm.sh); each is the same as in a single build. No summary.json is written;
+            a final run without these flags reuses the complete shards and writes it.
+        num_tasks: number of tasks the shards are split over.
         progress: show a progress bar.
     """
-    source = SyntheticSource(num_clips=num_clips, seed=seed, config=SyntheticConfig(
-        frames=frames, size=size, two_shape_fraction=two_shape_fraction, textured_fraction=textured_fraction))
-    _build(source, out, samples_per_shard, workers, mode, val_fraction, prefix, progress)
+    source = SyntheticSource(num_clips=num_clips, seed=seed, val_fraction=val_fraction, config=SyntheticConfig(
+        frames=frames, size=size, two_shape_fraction=two_shape_fraction, textured_fraction=textured_fraction,
+        held_out=HELD_OUT_COMBOS if holdout else (), layout=layout))
+    _build(source, out, samples_per_shard, workers, mode, val_fraction, prefix, progress, task_index,
+           num_tasks)
 
 
 def from_folder(src: str, out: str, frames: int = 16, size: int = 32, stride: int | None = None,
                 fps: float | None = None, max_clips: int = 0, samples_per_shard: int = 100, workers: int = 1,
                 mode: str = "incremental", val_fraction: float = 0.05, prefix: str = "",
-                progress: bool = True) -> None:
+                task_index: int = 0, num_tasks: int = 1, progress: bool = True) -> None:
     """Build shards from a folder of videos (searched recursively), each with a sidecar caption NAME.txt.
 
     Args:
@@ -71,16 +84,22 @@ def from_folder(src: str, out: str, frames: int = 16, size: int = 32, stride: in
         mode: 'incremental' keeps complete shards; 'overwrite' rebuilds all.
         val_fraction: fraction of videos put in the val split (stable hash of the video's key).
         prefix: optional shard name prefix.
+        task_index: build only shards task_index, task_index + num_tasks, ... (an array job's task; see
+            launch/shards_slurm.sh); each is the same as in a single build. No summary.json is written;
+            a final run without these flags reuses the complete shards and writes it.
+        num_tasks: number of tasks the shards are split over.
         progress: show a progress bar.
     """
     source = FolderSource(src=str(src), clip=ClipSpec(frames, size, stride, fps, max_clips))
-    _build(source, out, samples_per_shard, workers, mode, val_fraction, prefix, progress)
+    _build(source, out, samples_per_shard, workers, mode, val_fraction, prefix, progress, task_index,
+           num_tasks)
 
 
 def from_manifest(src: str, out: str, root: str | None = None, frames: int = 16, size: int = 32,
                   stride: int | None = None, fps: float | None = None, max_clips: int = 0,
                   samples_per_shard: int = 100, workers: int = 1, mode: str = "incremental",
-                  val_fraction: float = 0.05, prefix: str = "", progress: bool = True) -> None:
+                  val_fraction: float = 0.05, prefix: str = "", task_index: int = 0, num_tasks: int = 1,
+                  progress: bool = True) -> None:
     """Build shards from a CSV (header path,caption[,start,end]) or JSONL ({"path","caption"[,"start","end"]}) manifest.
 
     Args:
@@ -97,17 +116,22 @@ def from_manifest(src: str, out: str, root: str | None = None, frames: int = 16,
         mode: 'incremental' keeps complete shards; 'overwrite' rebuilds all.
         val_fraction: fraction of rows put in the val split (stable hash of the row's key: path + time range).
         prefix: optional shard name prefix.
+        task_index: build only shards task_index, task_index + num_tasks, ... (an array job's task; see
+            launch/shards_slurm.sh); each is the same as in a single build. No summary.json is written;
+            a final run without these flags reuses the complete shards and writes it.
+        num_tasks: number of tasks the shards are split over.
         progress: show a progress bar.
     """
     source = ManifestSource(src=str(src), root=None if root is None else str(root),
                             clip=ClipSpec(frames, size, stride, fps, max_clips))
-    _build(source, out, samples_per_shard, workers, mode, val_fraction, prefix, progress)
+    _build(source, out, samples_per_shard, workers, mode, val_fraction, prefix, progress, task_index,
+           num_tasks)
 
 
 def ucf101(src: str, out: str, template: str = "a person doing {action}", frames: int = 16, size: int = 32,
            stride: int | None = None, fps: float | None = None, max_clips: int = 0, samples_per_shard: int = 100,
            workers: int = 1, mode: str = "incremental", val_fraction: float = 0.05, prefix: str = "",
-           progress: bool = True) -> None:
+           task_index: int = 0, num_tasks: int = 1, progress: bool = True) -> None:
     """Build shards from the UCF101 layout UCF-101/<ClassName>/v_*.avi; the caption comes from the class name.
 
     Args:
@@ -124,16 +148,21 @@ def ucf101(src: str, out: str, template: str = "a person doing {action}", frames
         mode: 'incremental' keeps complete shards; 'overwrite' rebuilds all.
         val_fraction: fraction of (class, group) pairs put in the val split; a group's videos share actors and scene.
         prefix: optional shard name prefix.
+        task_index: build only shards task_index, task_index + num_tasks, ... (an array job's task; see
+            launch/shards_slurm.sh); each is the same as in a single build. No summary.json is written;
+            a final run without these flags reuses the complete shards and writes it.
+        num_tasks: number of tasks the shards are split over.
         progress: show a progress bar.
     """
     source = Ucf101Source(src=str(src), template=str(template), clip=ClipSpec(frames, size, stride, fps, max_clips))
-    _build(source, out, samples_per_shard, workers, mode, val_fraction, prefix, progress)
+    _build(source, out, samples_per_shard, workers, mode, val_fraction, prefix, progress, task_index,
+           num_tasks)
 
 
 def from_wds(src: str, out: str, frames: int = 16, size: int = 32, stride: int | None = None,
              fps: float | None = None, max_clips: int = 0, samples_per_shard: int = 100, workers: int = 1,
              mode: str = "incremental", val_fraction: float = 0.05, prefix: str = "",
-             progress: bool = True) -> None:
+             task_index: int = 0, num_tasks: int = 1, progress: bool = True) -> None:
     """Build shards from video2dataset-style shards (KEY.mp4 + KEY.txt [+ KEY.json] in tar files).
 
     Args:
@@ -149,10 +178,15 @@ def from_wds(src: str, out: str, frames: int = 16, size: int = 32, stride: int |
         mode: 'incremental' keeps complete shards; 'overwrite' rebuilds all.
         val_fraction: fraction of input samples put in the val split (stable hash of the input key).
         prefix: optional shard name prefix.
+        task_index: build only shards task_index, task_index + num_tasks, ... (an array job's task; see
+            launch/shards_slurm.sh); each is the same as in a single build. No summary.json is written;
+            a final run without these flags reuses the complete shards and writes it.
+        num_tasks: number of tasks the shards are split over.
         progress: show a progress bar.
     """
     source = WdsSource(src=str(src), clip=ClipSpec(frames, size, stride, fps, max_clips))
-    _build(source, out, samples_per_shard, workers, mode, val_fraction, prefix, progress)
+    _build(source, out, samples_per_shard, workers, mode, val_fraction, prefix, progress, task_index,
+           num_tasks)
 
 
 def stats(src: str, verify: bool = False) -> None:
@@ -212,10 +246,17 @@ COMMANDS = {
 
 
 def _build(source, out, samples_per_shard: int, workers: int, mode: str, val_fraction: float, prefix: str,
-           progress: bool) -> None:
+           progress: bool, task_index: int = 0, num_tasks: int = 1) -> None:
     config = BuildConfig(out=str(out), samples_per_shard=samples_per_shard, workers=workers, mode=str(mode),
-                         val_fraction=val_fraction, prefix=str(prefix), progress=progress)
+                         val_fraction=val_fraction, prefix=str(prefix), progress=progress, task_index=task_index,
+                         num_tasks=num_tasks)
     summary = build(source, config)
+    if num_tasks > 1:
+        print(f"{source.kind} task {task_index} of {num_tasks}: {summary['inputs']} inputs -> {summary['samples']} "
+              f"samples in {len(summary['built']) + len(summary['reused'])} shards (built {len(summary['built'])}, "
+              f"reused {len(summary['reused'])}); {summary['seconds']} s. Run once more without --num_tasks to "
+              f"write {out}/{summary_name(prefix)}")
+        return
     train, val = summary["splits"]["train"], summary["splits"]["val"]
     reported = (f"{summary['errors']} reported in the shards' _stats.json {summary['errors_by_reason']}"
                 if summary["errors"] else "nothing to report")

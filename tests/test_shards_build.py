@@ -254,8 +254,52 @@ def test_work_assignment_is_deterministic(tmp_path):
     ({"workers": -1}, "workers"),
     ({"val_fraction": 2.0}, "val_fraction"),
     ({"prefix": "a.b"}, "invalid sample key"),
+    ({"num_tasks": 0}, "num_tasks"),
+    ({"task_index": 3, "num_tasks": 3}, "task_index"),
+    ({"task_index": -1, "num_tasks": 2}, "task_index"),
 ])
 def test_bad_build_config_is_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         BuildConfig(out="x", **kwargs)
 
+
+
+def test_tasks_split_the_shards_and_together_equal_a_single_build(tmp_path):
+    """What an array job does (launch/shards_slurm.sh): task k of 3 builds shards k, k+3, ...; then a run
+    without the split reuses them all and writes summary.json. The bytes equal a single build's."""
+    single, split = tmp_path / "single", tmp_path / "split"
+    whole = _build(single, num_clips=90, samples_per_shard=8)
+    names = sorted(p.name for p in single.glob("*.tar"))
+    assert len(names) >= 9
+    built: list[str] = []
+    for task in (2, 0, 1):  # any order
+        part = _build(split, num_clips=90, samples_per_shard=8, task_index=task, num_tasks=3)
+        assert part["task"] == {"index": task, "count": 3} and part["reused"] == []
+        assert not (split / "summary.json").exists(), "a task must not write a summary of a partial set"
+        assert all(part["splits"][s]["pattern"] is None for s in ("train", "val"))
+        assert not set(part["built"]) & set(built) and not part["stale_shards"]
+        built += part["built"]
+    assert sorted(built) == names
+    for name in names:
+        assert _sha(split / name) == _sha(single / name), name
+    again = _build(split, num_clips=90, samples_per_shard=8, task_index=1, num_tasks=3)
+    assert again["built"] == [] and len(again["reused"]) == len(names[1::3])  # resumable: complete shards kept
+    final = _build(split, num_clips=90, samples_per_shard=8)
+    assert final["built"] == [] and sorted(final["reused"]) == names
+    for key in ("splits", "inputs", "samples", "errors", "settings"):
+        assert final[key] == whole[key], key
+    assert {**final["config"], "out": ""} == {**whole["config"], "out": ""}
+    assert json.loads((split / "summary.json").read_text())["samples"] == 90
+
+
+def test_cli_task_flags(tmp_path):
+    import sys
+
+    run = lambda *a: subprocess.run([sys.executable, "-m", "shards.cli", "synthetic", "--out", str(tmp_path),  # noqa: E731
+                                     "--num_clips", "20", "--frames", "4", "--size", "16", "--samples_per_shard",
+                                     "5", "--progress", "False", *a], capture_output=True, text=True,
+                                    cwd=Path(__file__).resolve().parents[1])
+    ok = run("--task_index", "1", "--num_tasks", "2")
+    assert ok.returncode == 0 and "task 1 of 2" in ok.stdout and not (tmp_path / "summary.json").exists()
+    bad = run("--task_index", "2", "--num_tasks", "2")
+    assert bad.returncode == 2 and "task_index must be in [0, num_tasks=2)" in bad.stderr
