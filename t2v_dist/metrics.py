@@ -7,6 +7,9 @@ sum over ranks in PromQL for job totals, e.g.
     sum(rate(t2v_samples_total[1m]))                                    samples/s of the job
     rate(t2v_data_wait_seconds_sum[5m]) / rate(t2v_step_seconds_sum[5m])  data-loading share
 
+Names follow Prometheus conventions: the unit last (`_seconds`, `_bytes`), `_total` on counters and
+`_ratio` on gauges in 0..1. monitoring/grafana/dashboards/t2v.json plots every metric served here.
+
 The training loop calls `observe_step` once per optimizer step; `Metrics(enabled=False, ...)` keeps
 the same API with every call a no-op and no server.
 """
@@ -58,7 +61,7 @@ class Metrics:
     """Prometheus metrics of one rank. All methods are no-ops when `enabled` is False."""
 
     def __init__(self, *, enabled: bool = True, port: int = 9400, bind: str = "127.0.0.1", rank: int = 0,
-                 local_rank: int = 0, node: str | None = None, peak_flops: float | None = None):
+                 local_rank: int = 0, node: str | None = None, peak_flops: float | None = None, world_size: int = 1):
         self.enabled = enabled
         self.rank, self.local_rank = rank, local_rank
         self.node = node or socket.gethostname()
@@ -83,15 +86,17 @@ class Metrics:
                                              labels, buckets=STEP_BUCKETS, registry=reg))
         self._data_seconds = child(Histogram("t2v_data_wait_seconds", "Time one step waited for its batches",
                                              labels, buckets=WAIT_BUCKETS, registry=reg))
-        self._data_share = child(Gauge("t2v_data_loading_share", "Share of the last step spent waiting for data",
+        self._data_share = child(Gauge("t2v_data_loading_ratio", "Share of the last step spent waiting for data (0..1)",
                                        labels, registry=reg))
         self._loss = Gauge("t2v_loss", "Last training loss by term (unweighted terms; total is the weighted sum)",
                            labels + ("term",), registry=reg)
         self._lr = child(Gauge("t2v_learning_rate", "Learning rate of the last step", labels, registry=reg))
         self._grad_norm = child(Gauge("t2v_grad_norm", "Global gradient L2 norm before clipping", labels, registry=reg))
         self._step = child(Gauge("t2v_step", "Optimizer steps completed", labels, registry=reg))
+        # The ranks the job was started with: a dashboard compares it with the ranks Prometheus reaches.
+        child(Gauge("t2v_world_size", "Ranks in the training job", labels, registry=reg)).set(world_size)
         # Without a known device peak there is no MFU series at all rather than a made-up one.
-        self._mfu = child(Gauge("t2v_mfu", "Model FLOPs utilisation of the last step (0..1)", labels,
+        self._mfu = child(Gauge("t2v_mfu_ratio", "Model FLOPs utilisation of the last step (0..1)", labels,
                                 registry=reg)) if peak_flops else None
         self._nonfinite = child(Counter("t2v_nonfinite_steps", "Micro-batches whose loss was NaN or infinite (skipped)", labels,
                                         registry=reg))
@@ -99,11 +104,21 @@ class Metrics:
                                registry=reg)
         self._checkpoint_seconds = child(Histogram("t2v_checkpoint_seconds", "Wall time of one checkpoint save",
                                                    labels, buckets=CHECKPOINT_BUCKETS, registry=reg))
+        # The last evaluation (t2v_dist.evaluation; rank 0 only): text faithfulness, its floors, motion, PSNR.
+        self._eval_accuracy = Gauge("t2v_eval_accuracy_ratio", "Detector accuracy of generated videos (0..1), "
+                                    "by attribute and prompt split (all, seen, unseen)",
+                                    labels + ("attribute", "split"), registry=reg)
+        self._eval_floor = Gauge("t2v_eval_floor_accuracy_ratio", "Accuracy of the evaluation's floors (0..1)",
+                                 labels + ("attribute", "floor"), registry=reg)
+        self._eval_motion = child(Gauge("t2v_eval_motion_ratio", "Mean |frame difference| of generated over real "
+                                        "clips (0: static videos)", labels, registry=reg))
+        self._eval_psnr = Gauge("t2v_eval_psnr_db", "Teacher-forced next-frame PSNR on val clips, by predictor "
+                                "(model, copy_previous)", labels + ("predictor",), registry=reg)
         if os.path.exists("/proc/self/statm"):
             child(Gauge("t2v_process_resident_memory_bytes", "Resident memory of the rank process", labels,
                         registry=reg)).set_function(resident_memory_bytes)
         if torch.cuda.is_available():
-            child(Gauge("t2v_device_memory_bytes", "Peak GPU memory allocated by torch", labels,
+            child(Gauge("t2v_device_peak_memory_bytes", "Peak GPU memory allocated by torch", labels,
                         registry=reg)).set_function(torch.cuda.max_memory_allocated)
         try:
             self._server, self._thread = start_http_server(self.port, addr=bind, registry=reg)
@@ -114,8 +129,11 @@ class Metrics:
     @classmethod
     def from_config(cls, cfg, rank: int, local_rank: int, device: torch.device | str = "cpu") -> "Metrics":
         """From a `config.MetricsConfig`; MFU uses the device's peak when it is known."""
+        world_size = (torch.distributed.get_world_size() if torch.distributed.is_initialized()
+                      else int(os.environ.get("WORLD_SIZE", "1")))
         return cls(enabled=cfg.enabled, port=cfg.port, bind=cfg.bind, rank=rank, local_rank=local_rank,
-                   peak_flops=peak_flops_per_device(device, cfg.peak_tflops) if cfg.enabled else None)
+                   peak_flops=peak_flops_per_device(device, cfg.peak_tflops) if cfg.enabled else None,
+                   world_size=world_size)
 
     @property
     def url(self) -> str | None:
@@ -167,6 +185,27 @@ class Metrics:
     def observe_checkpoint(self, seconds: float) -> None:
         if self.enabled:
             self._checkpoint_seconds.observe(seconds)
+
+    def observe_eval(self, report: Mapping[str, Any]) -> None:
+        """The report of `t2v_dist.evaluation.evaluate_model`; parts it lacks (or None values) are left alone."""
+        if not self.enabled:
+            return
+        ids = {"rank": str(self.rank), "node": self.node}
+        faith = report.get("faithfulness") or {}
+        for split, key in (("all", "accuracy"), ("seen", "seen"), ("unseen", "unseen")):
+            scores = faith.get(key)
+            for attribute, value in (scores or {}).items():
+                if attribute != "n" and value is not None:
+                    self._eval_accuracy.labels(**ids, attribute=attribute, split=split).set(value)
+        for floor, scores in (report.get("floors") or {}).items():
+            for attribute, value in scores.items():
+                self._eval_floor.labels(**ids, attribute=attribute, floor=floor).set(value)
+        if (report.get("motion") or {}).get("ratio") is not None:
+            self._eval_motion.set(report["motion"]["ratio"])
+        forced = report.get("teacher_forced") or {}
+        for predictor, key in (("model", "psnr_db"), ("copy_previous", "copy_previous_psnr_db")):
+            if forced.get(key) is not None:
+                self._eval_psnr.labels(**ids, predictor=predictor).set(forced[key])
 
     def close(self) -> None:
         if self._server is not None:

@@ -3,6 +3,9 @@
     with PrometheusServer(["127.0.0.1:9400"], workdir) as prom:
         value = prom.wait_for("sum(t2v_samples_total)", lambda v: v > 0)
 
+`PrometheusServer(None, workdir, config=TEXT)` runs a given config file instead (e.g. the project's
+monitoring/prometheus.yml with its file_sd paths pointed at a test's run dir).
+
 `require_prometheus()` skips a test when the binary is missing on a developer machine but fails it
 under CI (CI=true), where .ci/run installs the Debian package.
 """
@@ -28,6 +31,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def two_free_ports() -> int:
+    """A base port such that base and base + 1 (rank 1's exporter) are both free."""
+    while True:
+        base = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", base + 1))
+                return base
+            except OSError:
+                continue
+
+
 def require_prometheus() -> str:
     binary = shutil.which("prometheus")
     if binary is None:
@@ -39,9 +54,11 @@ def require_prometheus() -> str:
 
 
 class PrometheusServer:
-    def __init__(self, targets: Sequence[str], workdir: str | Path, scrape_interval: str = "1s"):
+    def __init__(self, targets: Sequence[str] | None, workdir: str | Path, scrape_interval: str = "1s",
+                 config: str | None = None):
         self.binary = require_prometheus()
-        self.targets = list(targets)
+        self.targets = list(targets or [])
+        self.config = config
         self.workdir = Path(workdir)
         self.scrape_interval = scrape_interval
         self.port = free_port()
@@ -51,7 +68,7 @@ class PrometheusServer:
     def start(self, timeout: float = 30.0) -> "PrometheusServer":
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "prometheus.yml"
-        config.write_text(
+        config.write_text(self.config or
             "global:\n"
             f"  scrape_interval: {self.scrape_interval}\n"
             f"  evaluation_interval: {self.scrape_interval}\n"

@@ -46,7 +46,7 @@ def non_loopback_address() -> str | None:
 
 @pytest.fixture
 def metrics(free_port):
-    m = Metrics(port=free_port(), rank=3, local_rank=0, node="nodeA", peak_flops=1e12)
+    m = Metrics(port=free_port(), rank=3, local_rank=0, node="nodeA", peak_flops=1e12, world_size=4)
     yield m
     m.close()
 
@@ -70,15 +70,16 @@ def test_exporter_serves_every_metric_with_labels(metrics):
     assert got[("t2v_frames_total", labels(**rl))] == 100
     assert got[("t2v_tokens_total", labels(**rl))] == 250
     assert got[("t2v_step", labels(**rl))] == 2
+    assert got[("t2v_world_size", labels(**rl))] == 4
     assert got[("t2v_step_seconds_count", labels(**rl))] == 2
     assert got[("t2v_step_seconds_sum", labels(**rl))] == pytest.approx(1.0)
     assert got[("t2v_data_wait_seconds_sum", labels(**rl))] == pytest.approx(0.2)
-    assert got[("t2v_data_loading_share", labels(**rl))] == pytest.approx(0.2)
+    assert got[("t2v_data_loading_ratio", labels(**rl))] == pytest.approx(0.2)
     for term, value in LOSSES.items():
         assert got[("t2v_loss", labels(term=term, **rl))] == pytest.approx(value)
     assert got[("t2v_learning_rate", labels(**rl))] == pytest.approx(3e-4)
     assert got[("t2v_grad_norm", labels(**rl))] == pytest.approx(0.75)
-    assert got[("t2v_mfu", labels(**rl))] == pytest.approx(0.5)  # 2.5e11 FLOP in 0.5 s on a 1e12 FLOP/s device
+    assert got[("t2v_mfu_ratio", labels(**rl))] == pytest.approx(0.5)  # 2.5e11 FLOP in 0.5 s on a 1e12 FLOP/s device
     assert got[("t2v_data_errors_total", labels(reason="bad_npy", **rl))] == 5  # cumulative counts, not summed
     assert got[("t2v_data_errors_total", labels(reason="too_long", **rl))] == 1
     assert got[("t2v_checkpoint_seconds_count", labels(**rl))] == 1
@@ -141,7 +142,7 @@ def test_from_config_and_peak_flops(free_port):
     try:
         step(m)
         got = scrape(m.url)
-        assert not any(name == "t2v_mfu" for name, _ in got)  # CPU peak unknown: no made-up MFU
+        assert not any(name == "t2v_mfu_ratio" for name, _ in got)  # CPU peak unknown: no made-up MFU
     finally:
         m.close()
     assert peak_flops_per_device("cpu") is None
