@@ -5,14 +5,20 @@ Compares torch.optim.AdamW implementations side by side in one process:
   - one flat tensor (what ZeRO-1/2 hands the client optimizer: a flat fp32 partition
     per param group): foreach, fused, and DeepSpeedCPUAdam (JIT-built C++/AVX op) with --cpu-adam.
 
-Usage: python bench/adamw_cpu.py [--steps 5] [--cpu-adam]
+Usage: python bench/adamw_cpu.py [--steps 5] [--cpu-adam] [--budget-s 300]
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cpuinfo import cpu_line  # noqa: E402
 
 
 def gpt2_small_shapes() -> list[tuple[int, ...]]:
@@ -50,10 +56,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--cpu-adam", action="store_true", help="also time DeepSpeedCPUAdam (JIT build on first use)")
+    parser.add_argument("--budget-s", type=float, default=600, help="no new variant starts after this many seconds")
     args = parser.parse_args()
+    deadline = time.perf_counter() + args.budget_s
     shapes = gpt2_small_shapes()
     n = sum(torch.Size(s).numel() for s in shapes)
-    print(f"params={n / 1e6:.1f}M threads={torch.get_num_threads()} torch={torch.__version__}")
+    print(cpu_line(), flush=True)
+    print(f"params={n / 1e6:.1f}M", flush=True)
     hp = dict(lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
     variants = [
         ("per-tensor for-loop", False, lambda ps: torch.optim.AdamW(ps, foreach=False, fused=False, **hp)),
@@ -67,14 +76,16 @@ def main() -> None:
 
         variants.append(("flat DeepSpeedCPUAdam", True,
                          lambda ps: DeepSpeedCPUAdam(ps, adamw_mode=True, **hp)))
-    results = {}
-    for name, flat, build in variants:
+    base = None
+    for name, flat, build in variants:  # the for-loop first: every later line has its ratio
+        if time.perf_counter() > deadline:
+            print(f"{name:24s} not measured: budget of {args.budget_s:.0f} s spent", flush=True)
+            continue
         params = make_params(shapes, flat)
-        results[name] = time_steps(build(params), args.steps)
+        sec = time_steps(build(params), args.steps)
         del params
-    base = results["per-tensor for-loop"]
-    for name, sec in results.items():
-        print(f"{name:24s} {sec * 1e3:8.1f} ms/step (min)  {base / sec:5.2f}x vs for-loop")
+        base = base or sec
+        print(f"{name:24s} {sec * 1e3:8.1f} ms/step (min)  {base / sec:5.2f}x vs for-loop", flush=True)
 
 
 if __name__ == "__main__":

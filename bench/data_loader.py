@@ -1,6 +1,7 @@
-"""Loader throughput: samples/s and batches/s of ShardLoader from .frames.npy and from .mp4 shards.
+"""Loader throughput (samples/s, batches/s) and, at real shard sizes, memory per worker and time to first batch.
 
     .venv/bin/python bench/data_loader.py [--samples 2048] [--mp4-samples 512] [--workers 0 1 2] [--out r.json]
+    .venv/bin/python bench/data_loader.py --formats big --big-shard-mb 1024 --big-workers 0 2   # memory only
 
 Builds its own shards in a temp folder (synthetic moving bars, captions like the synthetic
 generator's), then times full passes of the loader at the DataConfig defaults (T=16 frames,
@@ -8,6 +9,14 @@ generator's), then times full passes of the loader at the DataConfig defaults (T
 pipeline in the calling process: that is one worker's rate. Every figure is one run, on
 whatever cores the machine has free; the first batch's latency (worker start, first shard
 read) is included.
+
+`--formats big` writes `--big-shards` shards of about `--big-shard-mb` MB each (video2dataset-sized:
+1 MB .frames.npy samples of 24 frames at 128x128) under /tmp, deleted afterwards, and runs each
+`--big-workers` setting in a fresh process: time to first batch, then up to `--big-batches`
+batches. It reports the peak RSS of every worker process (VmHWM, read from /proc while it runs)
+and how much of it the worker added after it started (its RSS then is mostly pages shared with
+the parent); num_workers=0 runs the pipeline in the measuring process, whose peak is reset first.
+To measure another version of the loader, put its tree first on PYTHONPATH.
 """
 from __future__ import annotations
 
@@ -16,7 +25,10 @@ import io
 import json
 import os
 import platform
+import subprocess
+import sys
 import tarfile
+import threading
 import tempfile
 import time
 from pathlib import Path
@@ -101,6 +113,123 @@ def measure(cfg: DataConfig, max_samples: int) -> dict:
             "errors": errors}
 
 
+def write_big_shards(folder: Path, num_shards: int, shard_mb: int, frames: int = 24, size: int = 128) -> str:
+    """Shards of about shard_mb MB of incompressible .frames.npy samples (about 1 MB each)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    per_shard = max(1, shard_mb * 2**20 // (frames * size * size * 3))
+    for s in range(num_shards):
+        with tarfile.open(folder / f"big-{s:06d}.tar", "w") as tar:
+            for j in range(per_shard):
+                i = s * per_shard + j
+                buf = io.BytesIO()
+                np.save(buf, rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8), allow_pickle=False)
+                for ext, data in (("frames.npy", buf.getvalue()), ("txt", caption(i).encode()), ("json", b"{}")):
+                    info = tarfile.TarInfo(f"{i:08d}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return str(folder / f"big-{{000000..{num_shards - 1:06d}}}.tar")
+
+
+def _status_kb(pid: int, field: str) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+class WorkerMemory:
+    """Polls the RSS of this process's children (the DataLoader workers) until stopped."""
+
+    def __init__(self, interval: float = 0.02):
+        self.start_kb: dict[int, int] = {}
+        self.peak_kb: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _poll(self, interval: float) -> None:
+        while not self._stop.is_set():
+            for child in _children(os.getpid()):
+                rss, hwm = _status_kb(child, "VmRSS"), _status_kb(child, "VmHWM")
+                if rss is not None and child not in self.start_kb:
+                    self.start_kb[child] = rss
+                if hwm is not None:
+                    self.peak_kb[child] = max(hwm, self.peak_kb.get(child, 0))
+            time.sleep(interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def probe_memory(spec: str, workers: int, batches: int, image_size: int) -> dict:
+    """Runs in a fresh process: time to first batch, peak RSS per worker over `batches` batches."""
+    torch.set_num_threads(1)
+    cfg = DataConfig(train_shards=spec, num_workers=workers, image_size=image_size, frames=16)
+    loader = ShardLoader(cfg, single_pass=True)  # loads the tokenizer: not the shard reader's memory
+    own_start = _status_kb(os.getpid(), "VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    except OSError:
+        pass
+    watch = WorkerMemory() if workers else None
+    start = time.perf_counter()
+    it = iter(loader)
+    first = next(it)
+    first_s = time.perf_counter() - start
+    samples, done = first.num_samples, 1
+    for batch in it:
+        samples += batch.num_samples
+        done += 1
+        if done >= batches:
+            break
+    seconds = time.perf_counter() - start
+    if watch is None:
+        peak = [_status_kb(os.getpid(), "VmHWM")]
+        added = [peak[0] - own_start]
+    else:
+        time.sleep(0.1)
+        watch.stop()
+        pids = sorted(watch.peak_kb)
+        peak = [watch.peak_kb[p] for p in pids]
+        added = [watch.peak_kb[p] - watch.start_kb.get(p, watch.peak_kb[p]) for p in pids]
+    del it
+    return {"num_workers": workers, "first_batch_s": round(first_s, 2), "batches": done, "samples": samples,
+            "samples_per_s": round(samples / seconds, 1),
+            "peak_rss_mb_per_worker": [round(kb / 1024) for kb in peak],
+            "added_rss_mb_per_worker": [round(kb / 1024) for kb in added]}
+
+
+def run_big(args, tmp: str) -> list[dict]:
+    t0 = time.perf_counter()
+    spec = write_big_shards(Path(tmp) / "big", args.big_shards, args.big_shard_mb)
+    sizes = sorted(p.stat().st_size for p in (Path(tmp) / "big").glob("*.tar"))
+    print(f"[big] wrote {len(sizes)} shards of {sizes[0] / 2**20:.0f}-{sizes[-1] / 2**20:.0f} MB "
+          f"in {time.perf_counter() - t0:.1f}s", flush=True)
+    runs = []
+    for workers in args.big_workers:
+        cmd = [sys.executable, __file__, "--probe", json.dumps([spec, workers, args.big_batches, 128])]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        run = {"format": "big", "shard_mb": round(sizes[-1] / 2**20), **json.loads(out.strip().splitlines()[-1])}
+        runs.append(run)
+        print(json.dumps(run), flush=True)
+    return runs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=2048, help=".frames.npy samples on disk and per measurement")
@@ -108,17 +237,29 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--mp4-size", type=int, default=128, help="side of the square source videos in the mp4 shards")
     ap.add_argument("--source-frames", type=int, default=24, help="frames per source clip (T=16 are sampled)")
-    ap.add_argument("--formats", nargs="+", default=["npy", "mp4"], choices=["npy", "mp4"])
+    ap.add_argument("--formats", nargs="+", default=["npy", "mp4"], choices=["npy", "mp4", "big"],
+                    help="big: memory and time to first batch at real shard sizes (see above)")
+    ap.add_argument("--big-shard-mb", type=int, default=1024)
+    ap.add_argument("--big-shards", type=int, default=2)
+    ap.add_argument("--big-workers", type=int, nargs="+", default=[0, 2])
+    ap.add_argument("--big-batches", type=int, default=20, help="batches per big run after the first")
+    ap.add_argument("--probe", help=argparse.SUPPRESS)  # internal: one big run in this fresh process
     ap.add_argument("--token-budget", type=int, default=DataConfig.token_budget)
     ap.add_argument("--max-rows", type=int, default=DataConfig.max_rows)
     ap.add_argument("--max-caption-tokens", type=int, default=DataConfig.max_caption_tokens)
     ap.add_argument("--out", help="also write the results as JSON here")
     args = ap.parse_args()
+    if args.probe:
+        print(json.dumps(probe_memory(*json.loads(args.probe))))
+        return
     torch.set_num_threads(1)
     results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
                "args": vars(args), "runs": []}
     with tempfile.TemporaryDirectory(prefix="t2v-bench-loader-") as tmp:
         for kind in args.formats:
+            if kind == "big":
+                results["runs"] += run_big(args, tmp)
+                continue
             per_shard = 128
             total = args.samples if kind == "npy" else args.mp4_samples
             num_shards = max(max(args.workers, default=1), -(-total // per_shard))

@@ -22,6 +22,7 @@ class DataConfig:
     shuffle: bool = True          # train only: seeded shard order and order inside each shard
     seed: int = 0
     tokenizer_path: str | None = None
+    max_buffered_shard_mb: int = 2048  # pipe:/http/compressed shards are held whole per worker; larger ones fail
 
     def __post_init__(self) -> None:
         def need(ok: bool, name: str, rule: str) -> None:
@@ -41,3 +42,4 @@ class DataConfig:
         need(self.num_workers >= 0, "num_workers", "must be >= 0")
         need(self.prefetch_factor >= 1, "prefetch_factor", "must be >= 1")
         need(self.seed >= 0, "seed", "must be >= 0")
+        need(self.max_buffered_shard_mb >= 1, "max_buffered_shard_mb", "must be >= 1")

@@ -87,12 +87,18 @@ class ShardLoader:
 
     def _worker_batches(self, dataset: EpochDataset) -> Iterator[WorkerBatch]:
         if self.cfg.num_workers == 0:
-            return iter(dataset)
+            yield from dataset
+            return
         workers = iter(DataLoader(dataset, batch_size=None, num_workers=self._state.num_roles,
                                   prefetch_factor=self.cfg.prefetch_factor, pin_memory=self.cfg.pin_memory,
                                   persistent_workers=False, worker_init_fn=_ignore_preemption_signals))
         _LIVE_WORKER_ITERATORS.add(workers)
-        return workers
+        try:
+            yield from workers
+        finally:
+            # also when a worker's error (e.g. ShardTooLarge) propagates: DataLoader leaves its workers
+            # running then, and a later fork would inherit them half-alive
+            workers._shutdown_workers()
 
     def state_dict(self) -> dict:
         """JSON-serialisable position of this rank: save it for EVERY rank."""

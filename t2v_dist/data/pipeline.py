@@ -4,8 +4,9 @@
     2. shuffle by (seed, epoch) \
     3. split by node (rank)      > plan.py: the role's work items, a pure function of its assignment
     4. split by worker          /
-    5. tar -> samples         webdataset reads each shard whole; its samples are visited in a
-                              seeded permutation from the resume cursor on; read errors are counted
+    5. tar -> samples         tario indexes each shard's members, then reads its samples one at a
+                              time in a seeded permutation from the resume cursor on (non-seekable
+                              shards are buffered whole, up to a limit); read errors are counted
     6. decode                 .frames.npy / .mp4 / .txt / .json only, never unpickle
     7. clip sampling          T frames, stride, seeded start
     8. tokenize               encode_caption, max_caption_tokens
@@ -29,7 +30,7 @@ from t2v_dist.data.config import DataConfig
 from t2v_dist.data.decode import decode_sample
 from t2v_dist.data.plan import RoleWork, visit_order
 from t2v_dist.data.records import Sample, SampleError, Skip, WorkerBatch, zero_counts
-from t2v_dist.data.tario import read_shard
+from t2v_dist.data.tario import open_shard
 from t2v_dist.packing import first_fit, pack_samples, sample_length
 from t2v_dist.tokenizer import encode_caption, load_tokenizer
 
@@ -47,23 +48,27 @@ class PipelineContext:
 
 
 def visit_shards(work: RoleWork, ctx: PipelineContext) -> Iterator[Event]:
-    """Stage 5: the role's shards from its cursor on, each read whole, visited in a seeded order.
+    """Stage 5: the role's shards from its cursor on; each shard's samples in a seeded order.
 
-    A shard's read problems are emitted after its last sample, so that a run resumed inside
-    the shard (which has not passed them yet) counts them exactly once.
+    A shard is indexed first (its member headers); each sample's bytes are read when it is
+    visited. A shard's read problems are emitted after its last sample, so that a run resumed
+    inside the shard (which has not passed them yet) counts them exactly once.
     """
     i, pos = work.start
+    limit = ctx.cfg.max_buffered_shard_mb * 2**20
     while work.num_items() is None or i < work.num_items():
         shard, first, entropy = work.item(i, len(ctx.urls), ctx.cfg.seed, ctx.seed_epoch)
-        contents = read_shard(ctx.urls[shard])
-        order = visit_order(len(contents.samples), entropy, ctx.shuffle)
-        for p in range(pos if i == work.start[0] else first, len(order)):
-            group = contents.samples[order[p]]
-            members = {k: v for k, v in group.items() if not k.startswith("__")}
-            yield Sample(key=group["__key__"], item=i, pos=p, index=order[p],
-                         entropy=(*entropy, order[p]), members=members)
-        for reason in contents.problems:
-            yield Skip(reason)
+        with open_shard(ctx.urls[shard], limit) as index:
+            order = visit_order(len(index.samples), entropy, ctx.shuffle)
+            for p in range(pos if i == work.start[0] else first, len(order)):
+                members = index.read(order[p])
+                if members is None:  # the file changed after it was indexed: the rest is lost
+                    yield Skip("truncated_tar")
+                    break
+                yield Sample(key=index.samples[order[p]].key, item=i, pos=p, index=order[p],
+                             entropy=(*entropy, order[p]), members=members)
+            for reason in index.problems:
+                yield Skip(reason)
         i += 1
 
 

@@ -12,6 +12,8 @@ from t2v_dist.packing import PackedBatch
 ERROR_REASONS = (
     "unreadable_shard",   # the shard could not be opened, or is not a tar file
     "truncated_tar",      # the tar stream broke after some members; the rest of the shard is lost
+    "damaged_tar_header",  # a member header in the middle of the shard is not a tar header: the rest is lost
+    "lost_sample",        # a sample after a damaged header (found by scanning on), not read
     "duplicate_member",   # two members with the same key and extension; the first one is kept
     "ignored_member",     # an extension the loader never decodes (.pyd, .pickle, ...); not read
     "missing_member",     # no .frames.npy/.mp4 or no .txt caption

@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 from webdataset.shardlists import expand_urls
 
 
-def _local_path(url: str) -> str | None:
+def local_path(url: str) -> str | None:
     """The file system path of a local URL, None for pipe:/remote ones."""
     scheme = urlparse(url).scheme
     if scheme == "file":
@@ -33,7 +33,7 @@ def expand_shards(spec: str, field: str = "shards") -> list[str]:
     for url in (u.strip() for u in expand_urls(spec)):
         if not url:
             continue
-        path = _local_path(url)
+        path = local_path(url)
         if path is None:
             urls.append(url)
         elif os.path.isdir(path):
