@@ -10,6 +10,10 @@ naming the dotted key. Relative paths are relative to the working directory.
 Check a config before starting workers (what the launch scripts do):
 
     python -m t2v_dist.config --config launch/configs/demo.yaml --world-size 2 [overrides...]
+
+List every field with its type, default and the value a config gives it:
+
+    python -m t2v_dist.config --config launch/configs/demo.yaml --print
 """
 from __future__ import annotations
 
@@ -30,10 +34,12 @@ import yaml
 
 from t2v_dist.data import DataConfig
 from t2v_dist.model import ModelConfig
+from t2v_dist.precision import choose_precision
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = ("fp32", "bf16", "auto")
 VIDEO_FORMATS = ("mp4", "gif", "png")
+ONE_RANK_BUCKET = 200_000_000  # elements: GPT-2 small's gradients in one reduce call
 
 
 class ConfigError(ValueError):
@@ -55,7 +61,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     grad_clip: float = 1.0                  # global L2 norm; 0 disables clipping
-    precision: str = "auto"                 # fp32 | bf16 | auto (bf16 on a bf16-capable GPU, fp32 on CPU)
+    precision: str = "auto"                 # fp32 | bf16 | auto (bf16 where the GPU/CPU runs it natively)
     gradient_accumulation_steps: int = 1
     # One micro-batch is one packed batch of data.max_rows rows (see packing.py), so this stays 1:
     # grow the batch with data.max_rows / the token budget or with gradient_accumulation_steps.
@@ -66,6 +72,9 @@ class TrainConfig:
     seed: int = 0
     init_from_gpt2: str | None = None       # local folder of a transformers GPT2LMHeadModel (never downloaded)
     log_keys: bool = False                  # append "step<TAB>key" per trained sample to run_dir/keys/rankR.tsv
+    # Exit code after a preemption signal once the checkpoint is saved. 0 keeps the deepspeed launcher and
+    # torchrun happy; launch/slurm.sh sets 75 and requeues the job only on that code.
+    preempted_exit_code: int = 0
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
@@ -89,6 +98,8 @@ class TrainConfig:
         _require(self.log_every >= 1, "train.log_every", f"must be >= 1, got {self.log_every}")
         _require(self.max_bad_steps >= 1, "train.max_bad_steps", f"must be >= 1, got {self.max_bad_steps}")
         _require(self.seed >= 0, "train.seed", f"must be >= 0, got {self.seed}")
+        _require(0 <= self.preempted_exit_code <= 255, "train.preempted_exit_code",
+                 f"must be an exit status in [0, 255], got {self.preempted_exit_code}")
 
 
 @dataclass
@@ -102,9 +113,23 @@ class EvalConfig:
     fps: int = 8
     scale: int = 4                          # nearest-neighbour upscale of saved videos, for viewing
     seed: int = 0
+    # Text faithfulness on the synthetic shapes (t2v_dist.evaluation), on rank 0: eval.json beside the samples.
+    faithfulness: bool = True
+    faithfulness_seeds: int = 2             # videos per prompt (16 prompts)
+    faithfulness_batch_size: int = 16       # prompts per generate call
+    faithfulness_val_clips: int = 8         # val clips for the teacher-forced frame PSNR (0 skips it)
+    holdout: bool = True                    # the train shards were built with --holdout: report unseen prompts apart
 
     def __post_init__(self):
         _require(self.every >= 0, "eval.every", f"must be >= 0 (0 disables), got {self.every}")
+        _require(self.faithfulness_seeds >= 1, "eval.faithfulness_seeds",
+                 f"must be >= 1, got {self.faithfulness_seeds}")
+        _require(self.faithfulness_batch_size >= 1, "eval.faithfulness_batch_size",
+                 f"must be >= 1, got {self.faithfulness_batch_size}")
+        _require(self.faithfulness_val_clips >= 0, "eval.faithfulness_val_clips",
+                 f"must be >= 0, got {self.faithfulness_val_clips}")
+        _require(not self.faithfulness or self.num_frames >= 2, "eval.num_frames",
+                 f"must be >= 2 with eval.faithfulness (direction needs motion), got {self.num_frames}")
         _require(self.batches >= 1, "eval.batches", f"must be >= 1, got {self.batches}")
         _require(all(isinstance(p, str) and p.strip() for p in self.prompts), "eval.prompts",
                  "must be non-empty strings")
@@ -120,12 +145,19 @@ class CheckpointConfig:
     every: int = 1000                       # optimizer steps between checkpoints; 0: only at the end / on preemption
     keep_last: int = 3
     dir: str | None = None                  # default: <run_dir>/checkpoints
-    # Resume from a universal checkpoint (made by ds_to_universal) with a different world size.
+    # Resume from a universal checkpoint (made by ds_to_universal) with a different world size; used only
+    # when it is the newest checkpoint (or ties with the regular one of its step).
     load_universal: bool = False
+    tag: str | None = None                  # resume from this tag (e.g. step00001000) instead of `latest`
+    # Seconds from a preemption signal to the checkpoint on disk: eval/sample work stops at the next
+    # batch/prompt; a later checkpoint is logged as an error (deepspeed's launcher kills ranks after 30 s).
+    preempt_deadline_s: float = 25.0
 
     def __post_init__(self):
         _require(self.every >= 0, "checkpoint.every", f"must be >= 0, got {self.every}")
         _require(self.keep_last >= 1, "checkpoint.keep_last", f"must be >= 1, got {self.keep_last}")
+        _require(self.preempt_deadline_s > 0, "checkpoint.preempt_deadline_s",
+                 f"must be > 0, got {self.preempt_deadline_s}")
 
 
 @dataclass
@@ -422,12 +454,10 @@ def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
 # ---------------------------------------------------------------------------- DeepSpeed inputs
 
 def resolve_precision(precision: str, device_type: str) -> str:
-    """'fp32' or 'bf16' for this device: auto means bf16 on a bf16-capable GPU, fp32 elsewhere."""
+    """'fp32' or 'bf16' for this device: auto means bf16 where the GPU or CPU runs it natively (precision.py)."""
     if precision not in PRECISIONS:
         raise ConfigError(f"train.precision: must be one of {PRECISIONS}, got {precision!r}")
-    if precision != "auto":
-        return precision
-    return "bf16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return choose_precision(precision, device_type).precision
 
 
 def _strip_comments(obj: Any) -> Any:
@@ -468,6 +498,14 @@ def build_deepspeed_config(cfg: Config, world_size: int, device_type: str) -> di
     bf16 = resolve_precision(t.precision, device_type) == "bf16"
     ds["bf16"] = {**ds.get("bf16", {}), "enabled": bf16}
     ds["fp16"] = {"enabled": False}
+    zero = ds.get("zero_optimization", {})
+    if world_size == 1 and zero.get("stage") == 2:
+        # One rank has nothing to partition or to overlap with: ZeRO-1 without per-gradient hooks
+        # reduces once after backward, and writes the same checkpoint (zero files, universal, fp32
+        # export) that loads into ZeRO-2 at any world size via ds_to_universal. BENCHMARKS.md: ~2x
+        # less engine overhead per step on one CPU rank.
+        ds["zero_optimization"] = {**zero, "stage": 1, "overlap_comm": False,
+                                   "reduce_bucket_size": ONE_RANK_BUCKET, "allgather_bucket_size": ONE_RANK_BUCKET}
     if cfg.checkpoint.load_universal:
         ds["checkpoint"] = {**ds.get("checkpoint", {}), "load_universal": True}
     return ds
@@ -501,9 +539,12 @@ def build_optimizer(params: typing.Iterable[torch.nn.Parameter], cfg: TrainConfi
 def main(argv: typing.Sequence[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(description="Validate a run config and print it resolved, with its hash.")
-    parser.add_argument("--config", required=True, help="YAML config file")
+    parser = argparse.ArgumentParser(description="Validate a run config and print it resolved, with its hash.",
+                                     epilog="Overrides: --section.key=value, e.g. --train.max_steps=1000.")
+    parser.add_argument("--config", help="YAML config file (default: the built-in defaults)")
     parser.add_argument("--world-size", type=int, default=1, help="number of ranks the run will use")
+    parser.add_argument("--print", action="store_true", dest="print_fields",
+                        help="list every field: dotted key, type, default and the value this config gives it")
     args, overrides = parser.parse_known_args(argv)
     try:
         cfg = Config.load(args.config, overrides)
@@ -511,8 +552,49 @@ def main(argv: typing.Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    if args.print_fields:
+        print(describe_fields(cfg))
+        return 0
     print(json.dumps({"config_hash": cfg.config_hash(), "config": cfg.to_dict()}, indent=2))
     return 0
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) if not typing.get_args(tp) else str(tp).replace("typing.", "")
+
+
+def field_rows(cfg: Config | None = None) -> list[tuple[str, str, Any, Any]]:
+    """(dotted key, type, default, value in `cfg`) for every leaf field; sections first-level in order."""
+    cfg = cfg or Config()
+    defaults = Config()
+    rows = []
+
+    def walk(cls, obj, default, prefix):
+        for f in dataclasses.fields(cls):
+            tp = _hints(cls)[f.name]
+            value, dflt = getattr(obj, f.name), getattr(default, f.name)
+            if dataclasses.is_dataclass(tp):
+                walk(tp, value, dflt, f"{prefix}{f.name}.")
+            else:
+                rows.append((f"{prefix}{f.name}", _type_name(tp), _plain(dflt), _plain(value)))
+
+    walk(Config, cfg, defaults, "")
+    return rows
+
+
+def sections() -> tuple[list[str], list[str]]:
+    """(config sections, plain top-level keys), in declaration order."""
+    hints = _hints(Config)
+    names = [f.name for f in dataclasses.fields(Config)]
+    sections = [n for n in names if dataclasses.is_dataclass(hints[n])]
+    return sections, [n for n in names if n not in sections]
+
+
+def describe_fields(cfg: Config | None = None) -> str:
+    rows = [("key", "type", "default", "value")]
+    rows += [(k, t, json.dumps(d), json.dumps(v)) for k, t, d, v in field_rows(cfg)]
+    widths = [min(32, max(len(r[i]) for r in rows)) for i in range(3)]  # a long list default overflows its column
+    return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}" for r in rows)
 
 
 if __name__ == "__main__":

@@ -14,17 +14,20 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
 
-from t2v_dist import checkpoint
-from t2v_dist.config import Config, build_deepspeed_config, build_optimizer, resolve_precision
+from t2v_dist import checkpoint, file_sd, preflight, runlock
+from t2v_dist.config import Config, build_deepspeed_config, build_optimizer
 from t2v_dist.data import ShardLoader, expand_shards
 from t2v_dist.distributed import DistEnv, init_distributed
+from t2v_dist.evaluation import evaluate_at_step
 from t2v_dist.lr_schedule import build_lr_scheduler
 from t2v_dist.metrics import Metrics, StepLogger
-from t2v_dist.model import build_model
+from t2v_dist.model import LOSS_TERMS, build_model
+from t2v_dist.precision import choose_precision
 from t2v_dist.preemption import PreemptionHandler
 from t2v_dist.tokenizer import encode_caption, load_tokenizer
 from t2v_dist.video_io import save_samples
@@ -70,72 +73,127 @@ class KeyLog:
             self.file.close()
 
 
-def evaluate(engine, cfg: Config, env: DistEnv, step: int) -> dict:
-    """Validation losses (mean over every rank's batches) and, on rank 0, sample videos for the prompts."""
+def evaluate(engine, cfg: Config, env: DistEnv, step: int, stop: Callable[[], bool] = lambda: False) -> dict:
+    """Validation losses (mean over every rank's batches) and, on rank 0, sample videos for the prompts.
+
+    `stop()` (a preemption signal) ends the work at the next batch or prompt, so the checkpoint comes in time."""
     model = engine.module
     model.eval()
     result: dict = {}
     try:
         if cfg.data.val_shards:
-            sums = torch.zeros(6, dtype=torch.float64)
+            names = ("total", *LOSS_TERMS)   # every rank knows them, also one that evaluates no batch
+            sums = torch.zeros(len(names) + 1, dtype=torch.float64)
             # A small val set may have fewer shards than ranks: the first ones evaluate, the rest add zeros.
             val_ranks = min(env.world_size, len(expand_shards(cfg.data.val_shards, "data.val_shards")))
             val = (ShardLoader(cfg.data, split="val", rank=env.rank, world_size=val_ranks)
                    if env.rank < val_ranks else [])
             with torch.no_grad():
                 for i, batch in enumerate(val):
-                    if i >= cfg.eval.batches:
+                    if i >= cfg.eval.batches or stop():
                         break
                     out = model(batch.to(env.device))
                     n = batch.num_samples
-                    sums += torch.tensor([float(out.loss) * n] + [float(out.terms[k]) * n for k in
-                                         ("text", "frame", "recon", "motion")] + [n], dtype=torch.float64)
+                    sums += torch.tensor([float(out.loss) * n] + [float(out.terms[k]) * n for k in LOSS_TERMS]
+                                         + [n], dtype=torch.float64)
             sums = sums.to(env.device)
             dist.all_reduce(sums)
             sums = sums.cpu()
             if sums[-1] > 0:
-                names = ("total", "text", "frame", "recon", "motion")
                 result["losses"] = {k: float(sums[i] / sums[-1]) for i, k in enumerate(names)}
         if env.is_main and cfg.eval.prompts:
             tok = load_tokenizer(cfg.data.tokenizer_path)
             ids = [encode_caption(tok, p, cfg.model.max_caption_tokens) for p in cfg.eval.prompts]
+            videos = []
             with torch.no_grad():
-                videos = model.generate(ids, num_frames=cfg.eval.num_frames, seed=cfg.eval.seed)
+                for i, one in enumerate(ids):  # one prompt at a time: a signal waits for one video at most
+                    if stop():
+                        break
+                    videos.append(model.generate([one], num_frames=cfg.eval.num_frames, seed=cfg.eval.seed,
+                                                 sample_ids=[i]))
+            videos = torch.cat(videos) if videos else None
+        if env.is_main and cfg.eval.prompts and videos is not None:
             out_dir = Path(cfg.run_dir) / "samples" / f"step_{step:06d}"
             save_samples(out_dir, videos.cpu().numpy(), formats=cfg.eval.formats, fps=cfg.eval.fps,
-                         scale=cfg.eval.scale)
-            (out_dir / "prompts.json").write_text(json.dumps(cfg.eval.prompts, indent=1), encoding="utf-8")
+                         scale=cfg.eval.scale, captions=cfg.eval.prompts[:len(videos)])
+            (out_dir / "prompts.json").write_text(json.dumps(cfg.eval.prompts[:len(videos)], indent=1),
+                                                  encoding="utf-8")
             result["samples_dir"] = str(out_dir)
+        if env.is_main and cfg.eval.faithfulness and not stop():
+            result["scores"] = evaluate_at_step(model, cfg, Path(cfg.run_dir) / "samples" / f"step_{step:06d}")
     finally:
         model.train()
     return result
 
 
+def _sum_over_ranks(counts: dict[str, int]) -> dict[str, int]:
+    """Collective: {reason: count} summed over every rank (ranks may know different reasons)."""
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, counts)
+    total: dict[str, int] = {}
+    for rank_counts in everyone:
+        for reason, n in rank_counts.items():
+            total[reason] = total.get(reason, 0) + n
+    return total
+
+
+def _save_checkpoint(engine, cfg: Config, env: DistEnv, step: int, loader, metrics, preempt, preempted: bool) -> None:
+    t_ckpt = time.perf_counter()
+    state = checkpoint.build_client_state(step, loader.state_dict(), cfg.to_dict(), cfg.config_hash())
+    path = checkpoint.save(engine, cfg.checkpoint.dir, step, state, cfg.checkpoint.keep_last)
+    metrics.observe_checkpoint(time.perf_counter() - t_ckpt)
+    since_signal = preempt.checkpoint_written() if preempted else None
+    if env.is_main:
+        note = ""
+        if preempted:
+            note = " after a preemption signal" + (
+                f": on disk {since_signal:.1f}s after it (checkpoint.preempt_deadline_s="
+                f"{cfg.checkpoint.preempt_deadline_s:g})" if since_signal is not None else " to another rank")
+        log.info("checkpoint %s (%.1fs)%s", path, time.perf_counter() - t_ckpt, note)
+
+
 def train(cfg: Config) -> int:
     """Run (or resume) training until train.max_steps or a preemption signal. Returns the exit code."""
-    import deepspeed
-
     env = init_distributed()
     _set_cpu_threads(env)
     cfg.check_world_size(env.world_size)
+    lock = runlock.lock_run_dir(cfg.run_dir, env.is_main)  # first: a second job is told who holds the run dir
+    try:
+        # Before the engine is built (the slow part); a problem on any rank stops every rank.
+        preflight.check_all_ranks(cfg, env.local_rank, env.device.type)
+        tag = checkpoint.tag_to_resume(cfg.run_dir, cfg.checkpoint.dir, cfg.checkpoint.tag)
+        if tag != cfg.checkpoint.tag and env.is_main:
+            log.warning("checkpoint.tag=%s was used by an earlier start of this run, which has saved newer "
+                        "checkpoints since: resuming from 'latest' (drop the flag to silence this)", cfg.checkpoint.tag)
+        resume = checkpoint.choose_resume(cfg.checkpoint.dir, env.world_size, tag, cfg.checkpoint.load_universal)
+        return _train(cfg, env, resume)
+    finally:
+        if lock:
+            lock.release()
+
+
+def _train(cfg: Config, env: DistEnv, resume: checkpoint.Resume | None) -> int:
+    import deepspeed
+
     run_dir = Path(cfg.run_dir)
-    if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1), encoding="utf-8")
     t = cfg.train
     torch.manual_seed(t.seed + env.rank)
 
     model = build_model(cfg.model, t.init_from_gpt2)
-    precision = resolve_precision(t.precision, env.device.type)
+    choice = choose_precision(t.precision, env.device.type)
+    precision = choice.precision
+    if env.is_main:
+        (log.warning if choice.slow else log.info)("%s", choice.reason)
     optimizer = build_optimizer(model.parameters(), t, env.device.type)
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer,
         lr_scheduler=lambda opt: build_lr_scheduler(opt, t.lr, t.min_lr, t.warmup_steps, t.max_steps),
-        config=build_deepspeed_config(cfg, env.world_size, env.device.type), dist_init_required=False)
+        config=checkpoint.set_load_universal(build_deepspeed_config(cfg, env.world_size, env.device.type), resume),
+        dist_init_required=False)
 
     loader = ShardLoader(cfg.data, split="train", rank=env.rank, world_size=env.world_size)
     step = 0
-    client = checkpoint.load(engine, cfg.checkpoint.dir)
+    client = checkpoint.load(engine, cfg.checkpoint.dir, resume.tag, cfg.to_dict()["model"]) if resume else None
     if client is not None:
         if client.get("config_hash") != cfg.config_hash() and env.is_main:
             log.warning("resuming a checkpoint written with a different config (hash %s, now %s)",
@@ -145,14 +203,17 @@ def train(cfg: Config) -> int:
         # Same world size: this rank's exact position. Otherwise: re-split the rest of the epoch.
         loader.load_state_dict(own if own is not None else client["loader_states"])
     if env.is_main:
-        log.info("%s at step %d: %d ranks on %s, %s, %.1fM parameters, run dir %s",
+        # Only now, with the resume accepted: a rejected one leaves the run's record as it was.
+        checkpoint.record_config(run_dir, cfg.to_dict(), cfg.config_hash(), step, resume.tag if resume else None)
+        log.info("%s at step %d: %d ranks on %s, %s, %.1fM parameters, run dir %s%s",
                  "resuming" if client else "starting", step, env.world_size, env.device.type, precision,
-                 model.num_params() / 1e6, run_dir)
+                 model.num_params() / 1e6, run_dir, f", from checkpoint {resume.tag}" if resume else "")
 
     metrics = Metrics.from_config(cfg.metrics, env.rank, env.local_rank, env.device)
+    sd_target = file_sd.write_target(run_dir, metrics, env.world_size)  # Prometheus finds every rank
     logger = StepLogger(run_dir / "train_log.jsonl") if env.is_main else None
     keylog = KeyLog(run_dir / "keys" / f"rank{env.rank}.tsv" if t.log_keys else None)
-    preempt = PreemptionHandler(device=env.device).install()
+    preempt = PreemptionHandler(device=env.device, deadline_s=cfg.checkpoint.preempt_deadline_s).install()
     batches = iter(loader)
     bad_in_a_row = 0
     preempted = False
@@ -200,34 +261,39 @@ def train(cfg: Config) -> int:
             metrics.observe_step(step=step, step_seconds=step_s, data_seconds=data_s, samples=samples, frames=frames,
                                  tokens=tokens, losses=losses, lr=lr, grad_norm=grad_norm, flops=flops)
             metrics.set_data_errors(loader.error_counts())
-            if logger and (step % t.log_every == 0 or step == 1 or step == t.max_steps):
+            log_now = step % t.log_every == 0 or step == 1 or step == t.max_steps
+            data_errors = _sum_over_ranks(loader.error_counts()) if log_now else None  # same steps on every rank
+            if logger and log_now:
                 logger.log({"kind": "train", "step": step, "max_steps": t.max_steps, "losses": losses, "lr": lr,
                             "grad_norm": grad_norm, "samples_per_s": samples * env.world_size / step_s,
                             "frames_per_s": frames * env.world_size / step_s,
                             "tokens_per_s": tokens * env.world_size / step_s, "step_seconds": step_s,
                             "data_share": data_s / step_s, "epoch": loader.epoch,
-                            "data_errors": loader.error_counts()})
+                            "data_errors": data_errors})
 
             preempted = preempt.should_stop()
             every = cfg.checkpoint.every
-            if preempted or step == t.max_steps or (every and step % every == 0):
-                t_ckpt = time.perf_counter()
-                state = checkpoint.build_client_state(step, loader.state_dict(), cfg.to_dict(), cfg.config_hash())
-                path = checkpoint.save(engine, cfg.checkpoint.dir, step, state, cfg.checkpoint.keep_last)
-                metrics.observe_checkpoint(time.perf_counter() - t_ckpt)
+            saved = preempted or step == t.max_steps or (every and step % every == 0)
+            if saved:
+                _save_checkpoint(engine, cfg, env, step, loader, metrics, preempt, preempted)
+            if not preempted and cfg.eval.every and (step % cfg.eval.every == 0 or step == t.max_steps):
                 if env.is_main:
-                    log.info("checkpoint %s (%.1fs)%s", path, time.perf_counter() - t_ckpt,
-                             " after a preemption signal" if preempted else "")
+                    log.info("evaluating at step %d", step)
+                result = evaluate(engine, cfg, env, step, stop=lambda: preempt.requested)
+                if "scores" in result:
+                    metrics.observe_eval(result["scores"])
+                preempted = preempt.should_stop()  # a signal during the evaluation: checkpoint now
+                if logger and result:
+                    logger.log({"kind": "eval", "step": step, **result, **({"interrupted": True} if preempted else {})})
+                if preempted and not saved:
+                    _save_checkpoint(engine, cfg, env, step, loader, metrics, preempt, preempted)
             if preempted:
                 break
-            if cfg.eval.every and (step % cfg.eval.every == 0 or step == t.max_steps):
-                result = evaluate(engine, cfg, env, step)
-                if logger and result:
-                    logger.log({"kind": "eval", "step": step, **result})
     finally:
         batches.close()  # stops the DataLoader workers now, also when an exception is on its way out
         preempt.uninstall()
         keylog.close()
+        file_sd.remove_target(sd_target)
         metrics.close()
         if logger:
             logger.close()
@@ -235,4 +301,4 @@ def train(cfg: Config) -> int:
         log.info("%s at step %d; checkpoints in %s", "preempted, stopped cleanly" if preempted else "done",
                  step, cfg.checkpoint.dir)
     dist.barrier()
-    return 0
+    return t.preempted_exit_code if preempted else 0

@@ -105,6 +105,14 @@ def records(run_dir: Path, kind: str = "train") -> list[dict]:
     return [r for r in map(json.loads, lines) if r.get("kind") == kind]
 
 
+def cmdline(proc: psutil.Process) -> list[str]:
+    """A process's command line; empty for one that exited meanwhile (a DataLoader worker between epochs)."""
+    try:
+        return proc.cmdline()
+    except psutil.Error:
+        return []
+
+
 def wait_until(predicate, timeout: float, procs, log: Path) -> None:
     deadline = time.time() + timeout
     while not predicate():
@@ -157,7 +165,7 @@ def test_kill_minus_9_then_relaunch_resumes_exactly(shards, reference, tmp_path)
     args = train_args(shards, run_dir)
     launcher = launch_deepspeed(args, log)
     wait_until(lambda: latest_step(run_dir) >= 8, 300, [launcher], log)
-    ranks = [c for c in psutil.Process(launcher.pid).children(recursive=True) if "train.py" in " ".join(c.cmdline())]
+    ranks = [c for c in psutil.Process(launcher.pid).children(recursive=True) if "train.py" in " ".join(cmdline(c))]
     victim = next(c for c in ranks if "--local_rank=1" in c.cmdline())
     os.kill(victim.pid, signal.SIGKILL)
     assert wait(launcher, log) != [0]
@@ -215,7 +223,7 @@ def test_prometheus_scrapes_a_training_run(shards, tmp_path):
             assert value(samples) > 0
             loss = prom.wait_for('t2v_loss{term="total",rank="1"}', lambda v: v > 0, timeout=60)
             assert 0 < value(loss) < 100
-            share = prom.query("max(t2v_data_loading_share)")
+            share = prom.query("max(t2v_data_loading_ratio)")
             assert 0 <= value(share) <= 1
             assert prom.query("t2v_step_seconds_count") and prom.query("t2v_learning_rate")
             assert len(prom.query("t2v_frames_total")) == 2  # one series per rank
