@@ -35,6 +35,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+_picked_port: str | None = None  # MASTER_PORT chosen here for a single process (see init_distributed)
+
+
 def _export_launcher_env() -> None:
     """Fill the torch.distributed env:// variables from SLURM's when a launcher did not set them."""
     env = os.environ
@@ -47,7 +50,9 @@ def _export_launcher_env() -> None:
     env.setdefault("LOCAL_RANK", "0")
     if int(env["WORLD_SIZE"]) == 1:
         env.setdefault("MASTER_ADDR", "127.0.0.1")
-        env.setdefault("MASTER_PORT", str(_free_port()))
+        if "MASTER_PORT" not in env:
+            global _picked_port
+            _picked_port = env["MASTER_PORT"] = str(_free_port())
     missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in env]
     if missing:
         raise RuntimeError(f"multi-process run without {', '.join(missing)}: launch with deepspeed, torchrun, or "
@@ -67,8 +72,20 @@ def init_distributed(timeout_s: int = 600) -> DistEnv:
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
-    deepspeed.init_distributed(dist_backend=accel.communication_backend_name(), timeout=timedelta(seconds=timeout_s))
     import torch.distributed as dist
+
+    # A single process picks its own rendezvous port; another process may take it before the store binds
+    # it (seen on a busy machine), so it picks again. A port given by a launcher or the user is kept.
+    own_port = _picked_port is not None and os.environ.get("MASTER_PORT") == _picked_port
+    for attempt in range(3 if own_port else 1):
+        try:
+            deepspeed.init_distributed(dist_backend=accel.communication_backend_name(),
+                                       timeout=timedelta(seconds=timeout_s))
+            break
+        except dist.DistNetworkError as exc:
+            if "EADDRINUSE" not in str(exc) or attempt == 2 or not own_port:
+                raise
+            os.environ["MASTER_PORT"] = str(_free_port())
 
     return DistEnv(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
                    device=device, node=socket.gethostname())

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "launch" / "configs"
 
 
-@pytest.mark.parametrize("name, layers, width", [("demo", 2, 64), ("paper", 12, 768), ("gpt2-medium", 24, 1024)])
+@pytest.mark.parametrize("name, layers, width", [("demo", 2, 128), ("paper", 12, 768), ("gpt2-medium", 24, 1024)])
 def test_shipped_configs_load(name, layers, width):
     cfg = Config.load(CONFIGS / f"{name}.yaml")
     assert (cfg.model.n_layer, cfg.model.d_model) == (layers, width)
@@ -48,7 +48,7 @@ def test_preset_override_rederives_model_but_keeps_explicit_fields():
     assert (cfg.model.preset, cfg.model.n_layer, cfg.model.d_model, cfg.model.n_head) == ("gpt2", 12, 768, 12)
     assert cfg.model.max_frames == 16 and cfg.model.max_caption_tokens == 32  # set in demo.yaml
     cfg = Config.load(CONFIGS / "demo.yaml", ["--model.n_layer=3"])
-    assert (cfg.model.preset, cfg.model.n_layer, cfg.model.d_model) == ("tiny", 3, 64)
+    assert (cfg.model.preset, cfg.model.n_layer, cfg.model.d_model) == ("small", 3, 128)
 
 
 @pytest.mark.parametrize("override, match", [

@@ -48,7 +48,7 @@ def test_presets_sizes():
     # GPT-2 small has 124.4M parameters (wte + wpe + 12 blocks + ln_f); the backbone must match it.
     assert abs(gpt2.num_params(backbone_only=True) - 124.44e6) < 0.05e6
     assert abs(xl.num_params(backbone_only=True) - 1557.6e6) < 1e6
-    assert set(PRESETS) == {"tiny", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"}
+    assert set(PRESETS) == {"tiny", "small", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"}
     with pytest.raises(ValueError, match="unknown model preset"):
         ModelConfig.from_preset("gpt5")
 

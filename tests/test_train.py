@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import psutil
 import pytest
 import torch
 
-from prom_server import PrometheusServer, free_port
+from prom_server import PrometheusServer, free_port, two_free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "launch" / "train.py")
@@ -196,21 +195,9 @@ def test_sigterm_checkpoints_exits_zero_and_relaunch_continues(shards, reference
         assert keys_by_step(run_dir, rank) == keys_by_step(reference, rank)
 
 
-def _two_free_ports() -> int:
-    """A base port such that base and base + 1 (rank 1's exporter) are both free."""
-    while True:
-        base = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", base + 1))
-                return base
-            except OSError:
-                continue
-
-
 def test_prometheus_scrapes_a_training_run(shards, tmp_path):
     run_dir, log = tmp_path / "run", tmp_path / "log.txt"
-    base = _two_free_ports()
+    base = two_free_ports()
     args = train_args(shards, run_dir, "--metrics.enabled=true", f"--metrics.port={base}", "--train.max_steps=400",
                       "--checkpoint.every=0")
     value = lambda result: float(result[0]["value"][1])  # noqa: E731
