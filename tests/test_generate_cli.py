@@ -48,7 +48,7 @@ def run_dir(tmp_path_factory) -> Path:
     cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
            str(REPO / "launch" / "train.py"), "--config", str(REPO / "launch" / "configs" / "demo.yaml"),
            "--run_dir", str(run), f"--data.train_shards={shards}/train-*.tar", f"--data.val_shards={shards}/val-*.tar",
-           "--data.frames=8", "--data.token_budget=64", "--data.max_rows=2", "--data.num_workers=1",
+           "--model.preset=tiny", "--data.frames=8", "--data.token_budget=64", "--data.max_rows=2", "--data.num_workers=1",
            "--train.max_steps=2", "--train.warmup_steps=1", "--train.lr=3e-3", "--checkpoint.every=1",
            "--checkpoint.keep_last=2", "--eval.every=0", "--metrics.enabled=false"]
     proc = subprocess.run(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=500)

