@@ -48,3 +48,46 @@ raise SystemExit("failing on purpose with live workers")
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "failing on purpose" in proc.stderr
+
+
+def test_workers_started_during_a_signal_storm_survive(tmp_path):
+    """Workers are forked at every epoch; a signal that lands between the fork and the worker's own
+    handler set-up must not kill it. Signals are sent to the whole group while epochs roll over."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    write_dataset(tmp_path, num_shards=2, per_shard=4)
+    script = f"""
+import signal, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from t2v_dist.data import DataConfig, ShardLoader
+got = []
+for sig in (signal.SIGTERM, signal.SIGUSR1):  # the training process records the request, as the trainer does
+    signal.signal(sig, lambda s, f: got.append(s))
+cfg = DataConfig(train_shards={str(tmp_path / "train-{000000..000001}.tar")!r}, frames=4, image_size=8,
+                 token_budget=32, max_rows=1, max_caption_tokens=12, num_workers=2, prefetch_factor=1, seed=0)
+loader = ShardLoader(cfg, "train")
+print("ready", flush=True)
+for i, _ in enumerate(loader):
+    if loader.epoch >= 40:
+        break
+print("epochs", loader.epoch, "signals", len(got), flush=True)
+for sig in (signal.SIGTERM, signal.SIGUSR1):  # Python's exit would restore the default action (die)
+    signal.signal(sig, signal.SIG_IGN)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    assert proc.stdout.readline().strip() == "ready"
+    sent = 0
+    while proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM if sent % 2 else signal.SIGUSR1)
+        except ProcessLookupError:
+            break
+        sent += 1
+        time.sleep(0.002)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, (out, err[-3000:])
+    assert "epochs 40" in out and sent > 100, (out, sent)
+    assert int(out.split()[-1]) > 0  # the training process itself still got them

@@ -89,9 +89,17 @@ class ShardLoader:
         if self.cfg.num_workers == 0:
             yield from dataset
             return
-        workers = iter(DataLoader(dataset, batch_size=None, num_workers=self._state.num_roles,
-                                  prefetch_factor=self.cfg.prefetch_factor, pin_memory=self.cfg.pin_memory,
-                                  persistent_workers=False, worker_init_fn=_ignore_preemption_signals))
+        loader = DataLoader(dataset, batch_size=None, num_workers=self._state.num_roles,
+                            prefetch_factor=self.cfg.prefetch_factor, pin_memory=self.cfg.pin_memory,
+                            persistent_workers=False, worker_init_fn=_ignore_preemption_signals)
+        # Workers are forked with the preemption signals blocked (the mask is inherited), so one that
+        # lands before a worker has set them to "ignore" waits, then is discarded, instead of killing it.
+        # The training process gets its own copy as soon as the mask is restored.
+        masked = signal.pthread_sigmask(signal.SIG_BLOCK, _PREEMPTION_SIGNALS)
+        try:
+            workers = iter(loader)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, masked)
         _LIVE_WORKER_ITERATORS.add(workers)
         try:
             yield from workers
@@ -138,12 +146,16 @@ def _pack_seed(seed: int, epoch: int) -> int:
     return int(np.random.default_rng((seed, epoch)).integers(2**31))
 
 
+_PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
 def _ignore_preemption_signals(worker_id: int) -> None:
     """Schedulers signal the whole process group on preemption (SLURM's SIGTERM, --signal=USR1): the
     workers must outlive it, so that the training process can finish its step and checkpoint. They
     still exit with their parent."""
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
+    for sig in _PREEMPTION_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _PREEMPTION_SIGNALS)  # blocked by the fork; now ignored
 
 
 # Workers ignore SIGTERM, which is also how multiprocessing's own exit hook stops daemon children
