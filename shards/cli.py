@@ -18,7 +18,7 @@ import fire
 
 from shards.build import BuildConfig, build, summary_name
 from shards.stats import summarize
-from shards.synthetic import HELD_OUT_COMBOS, SyntheticConfig
+from shards.synthetic import HELD_OUT_COMBOS, SIZES, SyntheticConfig
 from shards.synthetic_source import SyntheticSource
 from shards.video import ClipSpec
 from shards.video_sources import FolderSource, ManifestSource, Ucf101Source
@@ -29,6 +29,7 @@ def synthetic(out: str, num_clips: int = 10000, frames: int = 16, size: int = 32
               samples_per_shard: int = 1000, workers: int = 1, mode: str = "incremental",
               val_fraction: float = 0.05, prefix: str = "", two_shape_fraction: float = 0.3,
               textured_fraction: float = 0.5, holdout: bool = False, layout: str = "random",
+              plain_colour: tuple[int, int, int] | None = None, object_size: str = "any",
               task_index: int = 0, num_tasks: int = 1,
               progress: bool = True) -> None:
     """Build shards of moving coloured shapes (the embedded default dataset); clip i depends only on (seed, i).
@@ -50,8 +51,11 @@ def synthetic(out: str, num_clips: int = 10000, frames: int = 16, size: int = 32
             0 gives plain backgrounds only (with --two_shape_fraction 0: one object on a plain background).
         holdout: keep the colour x shape x direction combinations of shards.synthetic.HELD_OUT_COMBOS out
             of the train split (val clips may show them), to measure generalisation to unseen combinations.
-        layout: 'random' (a path anywhere in view) or 'centred' (every path crosses the frame centre, so the
-            caption fixes the layout: the easy variant of the CPU demo).
+        layout: 'random' (a path anywhere in view), 'centred' (every path crosses the frame centre) or
+            'outward' (every path starts at the centre, so the caption alone fixes where the first frame's
+            object is: the easy variant of the CPU demo).
+        plain_colour: R,G,B of every plain background (e.g. 20,20,20); default a random dark colour per clip.
+        object_size: 'any' (small or large, at random), 'small' or 'large'.
         task_index: build only shards task_index, task_index + num_tasks, ... (an array job's task; see
             launch/shards_slurm.sh); each is the same as in a single build. No summary.json is written;
             a final run without these flags reuses the complete shards and writes it.
@@ -60,9 +64,18 @@ def synthetic(out: str, num_clips: int = 10000, frames: int = 16, size: int = 32
     """
     source = SyntheticSource(num_clips=num_clips, seed=seed, val_fraction=val_fraction, config=SyntheticConfig(
         frames=frames, size=size, two_shape_fraction=two_shape_fraction, textured_fraction=textured_fraction,
-        held_out=HELD_OUT_COMBOS if holdout else (), layout=layout))
+        held_out=HELD_OUT_COMBOS if holdout else (), layout=layout, plain_colour=plain_colour,
+        sizes=_object_sizes(object_size)))
     _build(source, out, samples_per_shard, workers, mode, val_fraction, prefix, progress, task_index,
            num_tasks)
+
+
+def _object_sizes(object_size: str) -> tuple[str, ...]:
+    if object_size == "any":
+        return tuple(SIZES)
+    if object_size not in SIZES:
+        raise ValueError(f"--object_size must be 'any' or one of {list(SIZES)}, got {object_size!r}")
+    return (object_size,)
 
 
 def from_folder(src: str, out: str, frames: int = 16, size: int = 32, stride: int | None = None,
@@ -231,7 +244,13 @@ def _coerce(name: str, value, hint):
         return value
     if float in allowed and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
-    expected = " or ".join("none" if t is type(None) else t.__name__ for t in allowed)
+    for t in allowed:  # fixed-length tuples, given as --name 1,2,3
+        items = typing.get_args(t)
+        if typing.get_origin(t) is tuple and isinstance(value, (tuple, list)) and len(value) == len(items):
+            return tuple(_coerce(name, v, item) for v, item in zip(value, items))
+    expected = " or ".join("none" if t is type(None) else
+                           f"{len(typing.get_args(t))} comma-separated values" if typing.get_origin(t) is tuple
+                           else t.__name__ for t in allowed)
     raise ValueError(f"--{name}: expected {expected}, got {value!r}")
 
 

@@ -58,11 +58,15 @@ DIRECTION_PHRASES: dict[str, str] = {
 # Shape "radius" (circumradius; half side for squares is 0.85 of it) as a fraction of the frame side.
 SIZES: dict[str, tuple[float, float]] = {"small": (0.09, 0.13), "large": (0.16, 0.22)}
 BACKGROUNDS: tuple[str, ...] = ("plain", "noise", "stripes", "checker")
-# Where an object's path lies: "random" (anywhere that keeps it in view) or "centred" (through the
-# frame centre, so that the caption alone fixes the first frame up to size and background: the easy
-# variant the CPU demo trains on, where a small model can learn the layout in minutes).
-LAYOUTS: tuple[str, ...] = ("random", "centred")
+# Where an object's path lies: "random" (anywhere that keeps it in view), "centred" (symmetric about
+# the frame centre: the caption fixes the path up to size and background) or "outward" (from just behind
+# the centre out towards the border: every first frame has the object over the centre, shifted a little
+# against its direction, so the first frame is mostly colour and shape at one place and its small shift
+# already tells the direction: the easy variant the CPU demo trains on).
+LAYOUTS: tuple[str, ...] = ("random", "centred", "outward")
 CENTRED_TRAVEL = 0.6  # of the room the object has along its direction
+OUTWARD_TRAVEL = 0.9  # of the room between the centre and the border, beyond the centre
+OUTWARD_BACK = 0.35   # the start lies this fraction of OUTWARD_TRAVEL behind the centre
 
 # Colour x shape x direction combinations kept out of the train split by `--holdout` (they may
 # appear in val only), to measure generalisation to unseen combinations. One per colour and one per
@@ -109,9 +113,13 @@ class SyntheticConfig:
     shapes: tuple[str, ...] = SHAPES
     directions: tuple[str, ...] = tuple(DIRECTIONS)
     backgrounds: tuple[str, ...] = BACKGROUNDS[1:]  # textured ones; "plain" is picked by textured_fraction
+    sizes: tuple[str, ...] = tuple(SIZES)
     # (colour, shape, direction) combinations train clips never show (`make_clip(..., split="val")` may).
     held_out: tuple[tuple[str, str, str], ...] = ()
     layout: str = "random"
+    # RGB of every plain background; None: a random dark colour per clip. A fixed colour makes the first
+    # frame a function of the caption alone (the demo variant): a per-clip colour is noise no text predicts.
+    plain_colour: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.frames < 2:
@@ -124,7 +132,7 @@ class SyntheticConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         for name, chosen, vocab in (("colours", self.colours, COLOURS), ("shapes", self.shapes, SHAPES),
                                     ("directions", self.directions, DIRECTIONS),
-                                    ("backgrounds", self.backgrounds, BACKGROUNDS)):
+                                    ("backgrounds", self.backgrounds, BACKGROUNDS), ("sizes", self.sizes, SIZES)):
             unknown = [c for c in chosen if c not in vocab]
             if not chosen or unknown:
                 raise ValueError(f"{name}: need a non-empty subset of {list(vocab)}, got {list(chosen)}")
@@ -133,6 +141,11 @@ class SyntheticConfig:
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {self.layout!r}")
         object.__setattr__(self, "held_out", tuple(tuple(combo) for combo in self.held_out))
+        if self.plain_colour is not None:
+            rgb = tuple(self.plain_colour) if isinstance(self.plain_colour, (tuple, list)) else ()
+            if len(rgb) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in rgb):
+                raise ValueError(f"plain_colour must be three integers in 0..255 (R, G, B), got {self.plain_colour!r}")
+            object.__setattr__(self, "plain_colour", rgb)
         for combo in self.held_out:
             if len(combo) != 3 or combo[0] not in COLOURS or combo[1] not in SHAPES or combo[2] not in DIRECTIONS:
                 raise ValueError(f"held_out: need (colour, shape, direction) triples of the vocabulary, got {combo}")
@@ -195,7 +208,10 @@ def make_clip(seed: int, index: int, config: SyntheticConfig = SyntheticConfig()
     rng = np.random.default_rng([seed, index])
     size, frames = config.size, config.frames
     background = str(rng.choice(config.backgrounds)) if rng.random() < config.textured_fraction else "plain"
-    canvas = np.broadcast_to(_background(rng, background, size), (frames, size, size, 3)).copy()
+    image = _background(rng, background, size)  # drawn even for a fixed plain colour: the rest stays the same
+    if background == "plain" and config.plain_colour is not None:
+        image = np.broadcast_to(np.asarray(config.plain_colour, np.float32), (size, size, 3))
+    canvas = np.broadcast_to(image, (frames, size, size, 3)).copy()
 
     num_objects = 2 if rng.random() < config.two_shape_fraction else 1
     colours = rng.choice(len(config.colours), size=num_objects, replace=False)
@@ -258,7 +274,7 @@ def _place_object(rng: np.random.Generator, config: SyntheticConfig, colour: str
     shape = str(rng.choice(config.shapes))
     # Without held-out combinations this is config.directions: the same draws as before they existed.
     direction = str(rng.choice(config.allowed_directions(colour, shape, split)))
-    size_name = str(rng.choice(tuple(SIZES)))
+    size_name = str(rng.choice(config.sizes))
     lo, hi = SIZES[size_name]
     radius = float(rng.uniform(lo, hi)) * size
     dx, dy = DIRECTIONS[direction]
@@ -270,6 +286,11 @@ def _place_object(rng: np.random.Generator, config: SyntheticConfig, colour: str
     if config.layout == "centred":  # the draws above still happen: the rest of the clip stays the same
         travel = CENTRED_TRAVEL * room / max(abs(dx), abs(dy))
         x0, y0 = size / 2 - dx * travel / 2, size / 2 - dy * travel / 2
+    elif config.layout == "outward":
+        travel = OUTWARD_TRAVEL * room / 2 / max(abs(dx), abs(dy))
+        back = OUTWARD_BACK * travel
+        x0, y0 = size / 2 - dx * back, size / 2 - dy * back
+        travel += back
     return ShapeTruth(colour=colour, shape=shape, direction=direction, size=size_name, radius_px=radius,
                       speed_px_per_frame=travel / (frames - 1), start_xy=(x0, y0),
                       end_xy=(x0 + dx * travel, y0 + dy * travel))

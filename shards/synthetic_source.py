@@ -33,6 +33,12 @@ class SyntheticSource:
         settings = {"seed": self.seed, **asdict(self.config)}
         if self.config.layout == "random":  # as before layouts existed: the same shard fingerprints
             del settings["layout"]
+        if self.config.sizes == SyntheticConfig.sizes:  # as before the option existed
+            del settings["sizes"]
+        if self.config.plain_colour is None:
+            del settings["plain_colour"]
+        else:
+            settings["plain_colour"] = list(self.config.plain_colour)
         if not self.config.held_out:  # the settings (and shard fingerprints) of builds from before held_out
             del settings["held_out"]
         else:

@@ -205,3 +205,42 @@ def test_cli_holdout_plain_single_object_shards(tmp_path):
     # Back to the defaults: the same bytes as the first build.
     _build(out)
     assert {p.name: p.read_bytes() for p in out.glob("*.tar")} == first
+
+
+def test_cli_demo_variant_outward_fixed_plain_colour_large(tmp_path):
+    """The demo's variant: every first frame is the object at the centre on one fixed colour, so the caption
+    alone fixes it; the objects still move along their directions, and every caption word still occurs."""
+    out = tmp_path / "demo"
+    _build(out, "--textured_fraction", "0", "--two_shape_fraction", "0", "--layout", "outward",
+           "--plain_colour", "20,30,40", "--object_size", "large")
+    for tar_path in sorted(out.glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar}
+        for name, data in members.items():
+            if not name.endswith(".frames.npy"):
+                continue
+            frames = np.load(io.BytesIO(data))
+            meta = json.loads(members[name.replace(".frames.npy", ".json")])
+            (obj,) = meta["objects"]
+            assert obj["size"] == "large", obj
+            assert (frames[:, 0, 0] == (20, 30, 40)).all()  # a corner is background in every frame
+            along = np.array(DIRECTIONS[obj["direction"]])
+            start, end = np.array(obj["start_xy"]) - 16.0, np.array(obj["end_xy"]) - 16.0
+            assert -5.5 < start @ along < -1.0 and end @ along > 5.0  # from just behind the centre, outwards
+            lit = np.argwhere((frames[0] != (20, 30, 40)).any(-1))[:, ::-1] + 0.5  # (x, y) pixel centres
+            if obj["shape"] != "triangle":  # (a triangle's pixels are not centred on its centre)
+                assert np.abs(lit.mean(0) - obj["start_xy"]).max() < 1.0  # drawn where the metadata says
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--plain_colour", "20,30", "3 comma-separated values"),
+    ("--plain_colour", "20,30,256", "three integers in 0..255"),
+    ("--object_size", "huge", "--object_size must be"),
+    ("--layout", "diagonal", "layout must be one of"),
+])
+def test_cli_rejects_bad_variant_options(tmp_path, flag, value, message):
+    done = subprocess.run([sys.executable, "-m", "shards.cli", "synthetic", "--out", str(tmp_path / "x"),
+                           "--num_clips", "4", "--progress", "False", flag, value],
+                          cwd=REPO, capture_output=True, text=True)
+    assert done.returncode != 0 and message in done.stderr, done.stderr
+    assert not (tmp_path / "x").exists() or not list((tmp_path / "x").glob("*.tar"))
