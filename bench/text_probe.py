@@ -1,12 +1,13 @@
 """How fast does a loss make the first frame depend on the caption? The evidence for `loss_preset`.
 
 The first frame is predicted from the caption alone, so it is where a model learns to read its text.
-This probe trains the model on 2-frame synthetic clips (one object, plain background, centred path)
+This probe trains the model on 2-frame synthetic clips (one object on a plain background; `--variant`)
 with each loss setting in turn and, every few steps, generates the first frame for captions that differ
 in colour only ("a red circle moves left" vs "a blue circle moves left") and in shape and direction,
 and prints the mean absolute difference of the two frames (0: the model ignores that part of the text).
 
-    python bench/text_probe.py                                    # default vs paper, 150 steps each
+    python bench/text_probe.py                                    # default with and without w_first, 150 steps each
+    python bench/text_probe.py --settings 'default,default:w_first=0' --variant random-background
     python bench/text_probe.py --settings 'default,paper,paper:w_first=0' --steps 300 --budget_s 600
 """
 from __future__ import annotations
@@ -27,6 +28,10 @@ from t2v_dist.precision import describe_cpu  # noqa: E402
 from t2v_dist.packing import pack_samples  # noqa: E402
 from t2v_dist.tokenizer import encode_caption, load_tokenizer  # noqa: E402
 
+# The data: "demo" is the variant `make demo` trains on (launch/demo.sh); "random-background" is the one it
+# trained on before: paths through the centre on a random dark colour per clip, which no caption predicts.
+VARIANTS = {"demo": dict(layout="outward", plain_colour=(20, 20, 20), sizes=("large",)),
+            "random-background": dict(layout="centred")}
 PAIRS = {"colour": ("a red circle moves left", "a blue circle moves left"),
          "shape+direction": ("a red circle moves left", "a red square moves up")}
 
@@ -42,9 +47,9 @@ def _model_config(setting: str, d_model: int) -> ModelConfig:
                                    loss_preset=preset, **overrides)
 
 
-def probe(settings: str = "default,paper", steps: int = 150, batch: int = 64, lr: float = 3e-3,
+def probe(settings: str = "default,default:w_first=0", steps: int = 150, batch: int = 64, lr: float = 3e-3,
           d_model: int = 128, every: int = 50, clips: int = 3000, threads: int = 0, budget_s: float = 1800.0,
-          seed: int = 0) -> None:
+          seed: int = 0, variant: str = "demo") -> None:
     """Train each loss setting on 2-frame clips and print how much the first frame depends on the caption.
 
     Args:
@@ -59,12 +64,17 @@ def probe(settings: str = "default,paper", steps: int = 150, batch: int = 64, lr
         threads: torch threads (0: leave torch's default).
         budget_s: stop a setting after this many seconds.
         seed: torch and batch-sampling seed.
+        variant: the synthetic data: 'demo' (one large object from just behind the centre on a fixed dark
+            background, as `make demo`) or 'random-background' (paths through the centre on a random
+            dark colour per clip).
     """
     if threads:
         torch.set_num_threads(threads)
     print(describe_cpu(), flush=True)
     tok = load_tokenizer()
-    data_cfg = SyntheticConfig(frames=2, two_shape_fraction=0.0, textured_fraction=0.0, layout="centred")
+    if variant not in VARIANTS:
+        raise ValueError(f"--variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+    data_cfg = SyntheticConfig(frames=2, two_shape_fraction=0.0, textured_fraction=0.0, **VARIANTS[variant])
     data = []
     for i in range(clips):
         clip = make_clip(7, i, data_cfg)

@@ -46,7 +46,7 @@ def test_overrides_are_typed_by_field():
 def test_preset_override_rederives_model_but_keeps_explicit_fields():
     cfg = Config.load(CONFIGS / "demo.yaml", ["--model.preset=gpt2"])
     assert (cfg.model.preset, cfg.model.n_layer, cfg.model.d_model, cfg.model.n_head) == ("gpt2", 12, 768, 12)
-    assert cfg.model.max_frames == 16 and cfg.model.max_caption_tokens == 32  # set in demo.yaml
+    assert cfg.model.max_frames == 8 and cfg.model.max_caption_tokens == 32  # set in demo.yaml
     cfg = Config.load(CONFIGS / "demo.yaml", ["--model.n_layer=3"])
     assert (cfg.model.preset, cfg.model.n_layer, cfg.model.d_model) == ("small", 3, 128)
 
