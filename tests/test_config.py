@@ -19,12 +19,13 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "launch" / "configs"
 
 
-@pytest.mark.parametrize("name, layers, width", [("demo", 2, 128), ("paper", 12, 768), ("gpt2-medium", 24, 1024)])
-def test_shipped_configs_load(name, layers, width):
+@pytest.mark.parametrize("name, layers, width, frames", [("demo", 2, 128, 8), ("paper", 12, 768, 16),
+                                                           ("gpt2-medium", 24, 1024, 16)])
+def test_shipped_configs_load(name, layers, width, frames):
     cfg = Config.load(CONFIGS / f"{name}.yaml")
     assert (cfg.model.n_layer, cfg.model.d_model) == (layers, width)
     assert cfg.model.image_size == cfg.data.image_size == 32
-    assert cfg.data.frames == cfg.model.max_frames == 16
+    assert cfg.data.frames == cfg.model.max_frames == cfg.eval.num_frames == frames
     assert cfg.checkpoint.dir == str(Path(cfg.run_dir) / "checkpoints")
     cfg.check_world_size(2)
 
@@ -72,9 +73,9 @@ def test_preset_override_rederives_model_but_keeps_explicit_fields():
     ("--metrics.port=70000", r"metrics.port"),
     ("--model.preset=gpt5", r"unknown model preset 'gpt5'"),
     ("--data.frames=1", r"DataConfig.frames=1"),
-    ("--data.frames=32", r"data.frames: 32 exceeds model.max_frames=16"),
+    ("--data.frames=32", r"data.frames: 32 exceeds model.max_frames=8"),
     ("--data.image_size=64", r"data.image_size: 64 differs from model.image_size=32"),
-    ("--eval.num_frames=64", r"eval.num_frames: 64 exceeds model.max_frames=16"),
+    ("--eval.num_frames=64", r"eval.num_frames: 64 exceeds model.max_frames=8"),
     ("--data.max_caption_tokens=60", r"data.max_caption_tokens: 60 exceeds model.max_caption_tokens=32"),
     ("--train.max_steps", r"expected --section.key=value"),
     ("--=3", r"empty key"),
