@@ -173,6 +173,8 @@ def test_dashboard_against_a_real_two_rank_run(shards_with_errors, tmp_path):
             # Rates over the whole short run: on 2 busy cores a 1 s scrape can time out, and a 10 s window
             # may then hold fewer than the two samples a rate needs.
             prom.wait_for("sum(rate(t2v_samples_total[1m]))", lambda v: v > 0, timeout=120)
+            # A reason's series appears when its first error is logged: increase() needs two samples of it.
+            prom.wait_for("min(count_over_time(t2v_data_errors_total[1m]))", lambda v: v >= 2, timeout=120)
             for title, expr in expressions(dashboard):
                 result = prom.query(concrete(expr, "1m"))  # raises on a parse or evaluation error
                 if not result:
