@@ -52,8 +52,8 @@ def synthetic(out: str, num_clips: int = 10000, frames: int = 16, size: int = 32
         holdout: keep the colour x shape x direction combinations of shards.synthetic.HELD_OUT_COMBOS out
             of the train split (val clips may show them), to measure generalisation to unseen combinations.
         layout: 'random' (a path anywhere in view), 'centred' (every path crosses the frame centre) or
-            'outward' (every path starts at the centre, so the caption alone fixes where the first frame's
-            object is: the easy variant of the CPU demo).
+            'outward' (every path starts just behind the centre and runs outwards, so the first frame's
+            object sits at about one place: the easy variant of the CPU demo).
         plain_colour: R,G,B of every plain background (e.g. 20,20,20); default a random dark colour per clip.
         object_size: 'any' (small or large, at random), 'small' or 'large'.
         task_index: build only shards task_index, task_index + num_tasks, ... (an array job's task; see
