@@ -18,7 +18,7 @@ import fire
 
 from shards.build import BuildConfig, build, summary_name
 from shards.stats import summarize
-from shards.synthetic import HELD_OUT_COMBOS, SIZES, SyntheticConfig
+from shards.synthetic import HELD_OUT_COMBOS, RANDOM_SIZES, SIZES, SyntheticConfig
 from shards.synthetic_source import SyntheticSource
 from shards.video import ClipSpec
 from shards.video_sources import FolderSource, ManifestSource, Ucf101Source
@@ -55,7 +55,8 @@ def synthetic(out: str, num_clips: int = 10000, frames: int = 16, size: int = 32
             'outward' (every path starts just behind the centre and runs outwards, so the first frame's
             object sits at about one place: the easy variant of the CPU demo).
         plain_colour: R,G,B of every plain background (e.g. 20,20,20); default a random dark colour per clip.
-        object_size: 'any' (small or large, at random), 'small' or 'large'.
+        object_size: 'any' (small or large, at random), 'small', 'large' (radius at random in a range) or
+            'fixed' (one radius, 0.2 of the frame side: the demo variant).
         task_index: build only shards task_index, task_index + num_tasks, ... (an array job's task; see
             launch/shards_slurm.sh); each is the same as in a single build. No summary.json is written;
             a final run without these flags reuses the complete shards and writes it.
@@ -72,7 +73,7 @@ def synthetic(out: str, num_clips: int = 10000, frames: int = 16, size: int = 32
 
 def _object_sizes(object_size: str) -> tuple[str, ...]:
     if object_size == "any":
-        return tuple(SIZES)
+        return RANDOM_SIZES
     if object_size not in SIZES:
         raise ValueError(f"--object_size must be 'any' or one of {list(SIZES)}, got {object_size!r}")
     return (object_size,)

@@ -56,7 +56,10 @@ DIRECTION_PHRASES: dict[str, str] = {
     "down-right": "down and to the right",
 }
 # Shape "radius" (circumradius; half side for squares is 0.85 of it) as a fraction of the frame side.
-SIZES: dict[str, tuple[float, float]] = {"small": (0.09, 0.13), "large": (0.16, 0.22)}
+# "fixed" is one radius: the object's outline is then a function of the caption alone (the demo variant;
+# a radius drawn at random blurs the few pixels that tell a circle from a square of the same area).
+SIZES: dict[str, tuple[float, float]] = {"small": (0.09, 0.13), "large": (0.16, 0.22), "fixed": (0.2, 0.2)}
+RANDOM_SIZES: tuple[str, ...] = ("small", "large")  # what "any" size draws from
 BACKGROUNDS: tuple[str, ...] = ("plain", "noise", "stripes", "checker")
 # Where an object's path lies: "random" (anywhere that keeps it in view), "centred" (symmetric about
 # the frame centre: the caption fixes the path up to size and background) or "outward" (from just behind
@@ -113,7 +116,7 @@ class SyntheticConfig:
     shapes: tuple[str, ...] = SHAPES
     directions: tuple[str, ...] = tuple(DIRECTIONS)
     backgrounds: tuple[str, ...] = BACKGROUNDS[1:]  # textured ones; "plain" is picked by textured_fraction
-    sizes: tuple[str, ...] = tuple(SIZES)
+    sizes: tuple[str, ...] = RANDOM_SIZES
     # (colour, shape, direction) combinations train clips never show (`make_clip(..., split="val")` may).
     held_out: tuple[tuple[str, str, str], ...] = ()
     layout: str = "random"

@@ -6,6 +6,10 @@ Layout of `<run_dir>/checkpoints` (DeepSpeed's own, one folder per tag):
     step00001000/*zero_pp_rank_R_mp_rank_00_optim_states.pt   rank R's ZeRO-2 partition (fp32 master + Adam)
     latest                                             tag of the newest complete checkpoint
 
+A one-rank run trains without ZeRO (stage 0, see config.build_deepspeed_config): its checkpoint has no
+partition files, the fp32 weights and the whole optimizer state are in the model-states file, and it
+resumes at any world size as it is (`load` hands the full tensors to the ZeRO partitions).
+
 `latest` is replaced atomically only after every rank has written its files (and rank 0 has marked
 the tag `complete.json`), so a crash during a save leaves the previous checkpoint as the resume point.
 Resuming never guesses: a missing or unreadable `latest` next to existing tags is an error that lists
@@ -13,7 +17,7 @@ the complete tags (`choose_resume`), and the newest complete checkpoint, regular
 The client state holds what DeepSpeed does not: the step, every rank's loader position and RNG states
 (gathered to rank 0, which alone writes the model-states file), and the config with its hash.
 
-Changing the world size: a ZeRO-2 checkpoint is partitioned by rank. Convert it once with
+Changing the world size: a ZeRO-2 checkpoint of several ranks is partitioned by rank. Convert it once with
 
     python -m deepspeed.checkpoint.ds_to_universal \
         --input_folder  RUN/checkpoints/step00001000 \
@@ -243,9 +247,18 @@ def is_universal(tag_dir: Path) -> bool:
     return (tag_dir / "zero").is_dir()
 
 
-def saved_world_size(tag_dir: Path) -> int:
-    """Ranks that wrote a regular ZeRO-2 checkpoint: one optimizer partition file each."""
+def _partition_files(tag_dir: Path) -> int:
     return len(list(tag_dir.glob(OPTIM_STATES_GLOB)))
+
+
+def is_partitioned(tag_dir: Path) -> bool:
+    """A ZeRO checkpoint (partition files) or a universal one; False for a one-rank stage-0 checkpoint."""
+    return is_universal(tag_dir) or _partition_files(tag_dir) > 0
+
+
+def saved_world_size(tag_dir: Path) -> int:
+    """Ranks that wrote a regular checkpoint: one optimizer partition file each (ZeRO), or one (stage 0)."""
+    return _partition_files(tag_dir) or 1
 
 
 def is_complete(tag_dir: Path) -> bool:
@@ -254,7 +267,7 @@ def is_complete(tag_dir: Path) -> bool:
         return False
     if is_universal(tag_dir) or (tag_dir / COMPLETE).is_file():
         return True
-    return saved_world_size(tag_dir) > 0
+    return _partition_files(tag_dir) > 0
 
 
 def complete_tags(ckpt_dir: str | Path) -> list[str]:
@@ -307,7 +320,8 @@ def choose_resume(ckpt_dir: str | Path, world_size: int, tag: str | None = None,
       complete tags: never a silent start from step 0 or a rollback.
     - `latest_universal` is used only when it is newer than `latest` (or the only pointer); at the same
       step, when load_universal is set or the regular checkpoint has another world size.
-    - A regular checkpoint of another world size is an error that gives the ds_to_universal command.
+    - A ZeRO checkpoint of another world size is an error that gives the ds_to_universal command; a
+      one-rank stage-0 checkpoint loads at any world size.
     """
     d = Path(ckpt_dir)
     if tag is not None:
@@ -326,9 +340,9 @@ def choose_resume(ckpt_dir: str | Path, world_size: int, tag: str | None = None,
             return None
         chosen = max(candidates, key=lambda c: c.step)
         if regular and universal and regular.step == universal.step:
-            other_world = saved_world_size(d / regular.tag) != world_size
+            other_world = is_partitioned(d / regular.tag) and saved_world_size(d / regular.tag) != world_size
             chosen = universal if (load_universal or other_world) else regular
-    if not chosen.universal:
+    if is_partitioned(d / chosen.tag) and not chosen.universal:
         saved = saved_world_size(d / chosen.tag)
         if saved != world_size:
             src = d / chosen.tag
@@ -393,18 +407,75 @@ def load(engine, ckpt_dir: str | Path, tag: str | None = None, model_config: Map
         if resume is None:
             return None
         tag = resume.tag
+    tag_dir = Path(ckpt_dir) / tag
+    partitioned = is_partitioned(tag_dir)
+    if partitioned and engine.zero_optimization_stage() == 0:
+        raise ResumeError(f"checkpoint {tag_dir} is ZeRO-partitioned and this engine runs without ZeRO; build it "
+                          f"with config.build_deepspeed_config(..., resume_partitioned=True)")
     try:
+        if not partitioned and engine.zero_optimization_stage() > 0:
+            return _load_full_into_zero(engine, tag_dir)
         load_path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
     except RuntimeError as exc:
         if "state_dict" not in str(exc):
             raise
-        raise RuntimeError(f"checkpoint {Path(ckpt_dir) / tag} does not fit the model this config builds (it was "
+        raise RuntimeError(f"checkpoint {tag_dir} does not fit the model this config builds (it was "
                            f"written with another model config or model code); resume with the config it was "
                            f"written with (run_dir/config.json) or start a new "
-                           f"--run_dir.{_model_differences(Path(ckpt_dir) / tag, model_config)} {exc}") from exc
+                           f"--run_dir.{_model_differences(tag_dir, model_config)} {exc}") from exc
     if load_path is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {tag} from {ckpt_dir}")
     return client_state
+
+
+def _load_full_into_zero(engine, tag_dir: Path) -> dict:
+    """A stage-0 checkpoint (full fp32 weights and optimizer state in one file) into a ZeRO engine of any
+    world size: every rank copies its fragment of each tensor (DeepSpeed's safe_set_full_* API).
+
+    The optimizer state is matched to parameters by the order `config.optimizer_groups` gives them, the
+    order the saved torch optimizer numbered them in."""
+    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+    from t2v_dist.config import optimizer_groups
+
+    saved = torch.load(tag_dir / MODEL_STATES, map_location="cpu", weights_only=False)
+    module = saved["module"]
+    engine.module.load_state_dict(module)  # the low-precision copy; the fp32 master follows
+    names = {id(p): n for n, p in engine.module.named_parameters()}
+    params = [p for g in optimizer_groups(engine.module.parameters(), 0.0) for p in g["params"]]
+    optim = saved["optimizer"]
+    order = [i for g in optim["param_groups"] for i in g["params"]]
+    if len(order) != len(params):
+        raise RuntimeError(f"checkpoint {tag_dir}: its optimizer has {len(order)} parameters, the model "
+                           f"{len(params)}: state_dict does not fit")
+    states = [optim["state"].get(i, {}) for i in order]
+    step = next((st["step"] for st in states if "step" in st), None)
+    zero, base = engine.optimizer, engine.optimizer.optimizer
+    # Adam creates its state at the first step; a resumed one needs it now, linked to every parameter's
+    # fragment (what ZeRO does after its first step).
+    for group in base.param_groups:
+        for flat in group["params"]:
+            st = base.state[flat]
+            for key in ("exp_avg", "exp_avg_sq"):
+                st.setdefault(key, torch.zeros_like(flat))
+            if step is not None:  # torch's AdamW counts per parameter: here per flat fp32 partition
+                st["step"] = torch.as_tensor(step, dtype=torch.float32).to(flat.device).clone()
+    zero._lazy_init_hp_params_optimizer_state()
+    for saved_group, group in zip(optim["param_groups"], base.param_groups):
+        group["lr"] = saved_group["lr"]  # the schedule's next step() sets it only after the next update
+        if "step" in saved_group:  # DeepSpeed's FusedAdam counts steps per group
+            group["step"] = saved_group["step"]
+    for p, state in zip(params, states):
+        safe_set_full_fp32_param(p, module[names[id(p)]].float())
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                safe_set_full_optimizer_state(p, state[key].float(), key)
+    if engine.lr_scheduler is not None and saved.get("lr_scheduler") is not None:
+        engine.lr_scheduler.load_state_dict(saved["lr_scheduler"])
+    engine.global_steps = saved.get("global_steps", 0)
+    engine.global_samples = saved.get("global_samples", 0)
+    engine.skipped_steps = saved.get("skipped_steps", 0)
+    return saved
 
 
 def record_config(run_dir: str | Path, config: Mapping[str, Any], config_hash: str, step: int,
@@ -429,15 +500,15 @@ def _storage_key(t: torch.Tensor) -> tuple:
 
 
 def read_fp32(ckpt_dir: str | Path, tag: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """(fp32 weights merged from every rank's ZeRO partition, client state) of checkpoint `tag`.
-
-    DeepSpeed's offline reader: no engine and no process group, whatever world size wrote it."""
+    """(fp32 weights, client state) of checkpoint `tag`: merged from every rank's ZeRO partition by
+    DeepSpeed's offline reader (no engine, no process group, any world size), or as saved (stage 0)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
-    client = torch.load(Path(ckpt_dir) / tag / "mp_rank_00_model_states.pt", map_location="cpu", mmap=True,
-                        weights_only=False)
-    return state, client
+    client = torch.load(Path(ckpt_dir) / tag / MODEL_STATES, map_location="cpu", mmap=True, weights_only=False)
+    if not is_partitioned(Path(ckpt_dir) / tag):
+        as_fp32: dict[tuple, torch.Tensor] = {}  # one copy per storage: tied weights stay tied
+        return {k: as_fp32.setdefault(_storage_key(v), v.float()) for k, v in client["module"].items()}, client
+    return get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag), client
 
 
 def export_fp32(ckpt_dir: str | Path, out_path: str | Path, tag: str | None = None) -> dict[str, str]:

@@ -476,11 +476,14 @@ def _resolve_ds_path(path: str) -> Path:
     raise ConfigError(f"deepspeed_config: {path} not found (relative to {Path.cwd()} or {REPO_ROOT})")
 
 
-def build_deepspeed_config(cfg: Config, world_size: int, device_type: str) -> dict:
+def build_deepspeed_config(cfg: Config, world_size: int, device_type: str, resume_partitioned: bool = False) -> dict:
     """The DeepSpeed config dict: the JSON file with batch sizes, precision and clipping from `cfg`.
 
     The optimizer and LR schedule are passed to `deepspeed.initialize` as client objects
     (`build_optimizer`, `lr_schedule.build_lr_scheduler`), so the JSON has no optimizer block.
+    One rank has nothing to partition, reduce or overlap: its engine is the plain one (ZeRO stage 0,
+    fp32 weights, bf16 by `torch.autocast`, so a step is the bare model step), unless it resumes a
+    ZeRO-partitioned or universal checkpoint (`resume_partitioned`), which loads into ZeRO-1.
     """
     path = _resolve_ds_path(cfg.deepspeed_config)
     try:
@@ -500,15 +503,36 @@ def build_deepspeed_config(cfg: Config, world_size: int, device_type: str) -> di
     ds["fp16"] = {"enabled": False}
     zero = ds.get("zero_optimization", {})
     if world_size == 1 and zero.get("stage") == 2:
-        # One rank has nothing to partition or to overlap with: ZeRO-1 without per-gradient hooks
-        # reduces once after backward, and writes the same checkpoint (zero files, universal, fp32
-        # export) that loads into ZeRO-2 at any world size via ds_to_universal. BENCHMARKS.md: ~2x
-        # less engine overhead per step on one CPU rank.
-        ds["zero_optimization"] = {**zero, "stage": 1, "overlap_comm": False,
-                                   "reduce_bucket_size": ONE_RANK_BUCKET, "allgather_bucket_size": ONE_RANK_BUCKET}
+        if resume_partitioned:
+            # ZeRO-1 without per-gradient hooks reads ZeRO files and universal checkpoints on one rank.
+            ds["zero_optimization"] = {**zero, "stage": 1, "overlap_comm": False,
+                                       "reduce_bucket_size": ONE_RANK_BUCKET, "allgather_bucket_size": ONE_RANK_BUCKET}
+        else:
+            # DeepSpeed's bf16 mode and ZeRO's flat buffers cost one rank 20-60% of a step (BENCHMARKS.md,
+            # "One rank"); its checkpoint (weights + optimizer in one file) resumes at any world size
+            # (checkpoint.load).
+            ds["zero_optimization"] = {"stage": 0}
+            # The trainer clips (trainer.clip_gradients): DeepSpeed's stage-0 clipping drops the norm it computes.
+            ds["gradient_clipping"] = 0.0
+            if bf16:
+                ds["bf16"] = {"enabled": False}
+                ds["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
     if cfg.checkpoint.load_universal:
         ds["checkpoint"] = {**ds.get("checkpoint", {}), "load_universal": True}
     return ds
+
+
+def optimizer_groups(params: typing.Iterable[torch.nn.Parameter], weight_decay: float) -> list[dict]:
+    """Parameter groups in a fixed order (a saved optimizer state numbers parameters in this order):
+    matrices with weight decay, then biases and norm gains without."""
+    trainable = [p for p in params if p.requires_grad]
+    if not trainable:
+        raise ValueError("build_optimizer: no trainable parameters")
+    groups = [
+        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
 
 
 def build_optimizer(params: typing.Iterable[torch.nn.Parameter], cfg: TrainConfig,
@@ -519,14 +543,7 @@ def build_optimizer(params: typing.Iterable[torch.nn.Parameter], cfg: TrainConfi
     fastest CPU AdamW for GPT-2 small in bench/adamw_cpu.py: 4-26x the per-tensor loop, and ~1.7x
     DeepSpeedCPUAdam on the flat fp32 partition that ZeRO-2 hands the optimizer.
     """
-    trainable = [p for p in params if p.requires_grad]
-    if not trainable:
-        raise ValueError("build_optimizer: no trainable parameters")
-    groups = [
-        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    groups = [g for g in groups if g["params"]]
+    groups = optimizer_groups(params, cfg.weight_decay)
     if device_type == "cuda":
         from deepspeed.ops.adam import FusedAdam
 

@@ -48,6 +48,12 @@ def _set_cpu_threads(env: DistEnv) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
 
 
+def clip_gradients(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
+    """Clip to `max_norm` (0: only measure) and return the total norm before clipping: the one-rank
+    engine's (ZeRO stage 0) clipping, which DeepSpeed's stage-0 path does without keeping the norm."""
+    return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm > 0 else float("inf"))
+
+
 def _all_true(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
@@ -188,8 +194,13 @@ def _train(cfg: Config, env: DistEnv, resume: checkpoint.Resume | None) -> int:
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer,
         lr_scheduler=lambda opt: build_lr_scheduler(opt, t.lr, t.min_lr, t.warmup_steps, t.max_steps),
-        config=checkpoint.set_load_universal(build_deepspeed_config(cfg, env.world_size, env.device.type), resume),
+        config=checkpoint.set_load_universal(build_deepspeed_config(
+            cfg, env.world_size, env.device.type,
+            resume_partitioned=resume is not None and checkpoint.is_partitioned(Path(cfg.checkpoint.dir) / resume.tag)),
+            resume),
         dist_init_required=False)
+    if env.world_size == 1 and engine.zero_optimization_stage() == 0:
+        engine.enable_backward_allreduce = False  # averaging gradients over one rank only copies them
 
     loader = ShardLoader(cfg.data, split="train", rank=env.rank, world_size=env.world_size)
     step = 0
@@ -216,6 +227,7 @@ def _train(cfg: Config, env: DistEnv, resume: checkpoint.Resume | None) -> int:
     preempt = PreemptionHandler(device=env.device, deadline_s=cfg.checkpoint.preempt_deadline_s).install()
     batches = iter(loader)
     bad_in_a_row = 0
+    grad_norm = None
     preempted = False
     try:
         while step < t.max_steps:
@@ -241,6 +253,8 @@ def _train(cfg: Config, env: DistEnv, resume: checkpoint.Resume | None) -> int:
                     continue
                 bad_in_a_row = 0
                 engine.backward(out.loss)
+                if engine.zero_optimization_stage() == 0 and engine.is_gradient_accumulation_boundary():
+                    grad_norm = clip_gradients(model, t.grad_clip)
                 engine.step()
                 micro += 1
                 keylog.write(step + 1, batch.keys)
@@ -256,7 +270,8 @@ def _train(cfg: Config, env: DistEnv, resume: checkpoint.Resume | None) -> int:
             step_s = time.perf_counter() - t_step
             losses = {k: v / t.gradient_accumulation_steps for k, v in sums.items()}
             lr = scheduler.get_last_lr()[0]
-            grad_norm = engine.get_global_grad_norm()
+            if engine.zero_optimization_stage() > 0:
+                grad_norm = engine.get_global_grad_norm()
             grad_norm = float(grad_norm) if grad_norm is not None else None
             metrics.observe_step(step=step, step_seconds=step_s, data_seconds=data_s, samples=samples, frames=frames,
                                  tokens=tokens, losses=losses, lr=lr, grad_norm=grad_norm, flops=flops)

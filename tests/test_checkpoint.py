@@ -18,6 +18,7 @@ from safetensors import safe_open
 from t2v_dist import checkpoint as ck
 from t2v_dist.config import Config, build_deepspeed_config, build_optimizer
 from t2v_dist.lr_schedule import build_lr_scheduler, lr_at
+from t2v_dist.trainer import clip_gradients
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "launch" / "configs" / "demo.yaml"
@@ -39,7 +40,8 @@ class TiedLM(torch.nn.Module):
         return self.head(torch.tanh(self.body(self.emb(ids)))) / self.temperature
 
 
-def make_engine(init_seed: int, *overrides: str):
+def make_engine(init_seed: int, *overrides: str, partitioned: bool = False):
+    """One rank: ZeRO stage 0 (what the trainer builds for a fresh run), or ZeRO-1 with `partitioned`."""
     import deepspeed
 
     cfg = Config.load(DEMO, ["--train.lr=0.01", "--train.warmup_steps=2", "--train.max_steps=20", *overrides])
@@ -49,7 +51,8 @@ def make_engine(init_seed: int, *overrides: str):
     engine, *_ = deepspeed.initialize(
         model=model, optimizer=build_optimizer(model.parameters(), t, "cpu"),
         lr_scheduler=lambda opt: build_lr_scheduler(opt, t.lr, t.min_lr, t.warmup_steps, t.max_steps),
-        config=build_deepspeed_config(cfg, world_size=torch.distributed.get_world_size(), device_type="cpu"))
+        config=build_deepspeed_config(cfg, world_size=torch.distributed.get_world_size(), device_type="cpu",
+                                      resume_partitioned=partitioned))
     return engine, cfg
 
 
@@ -58,6 +61,8 @@ def train_step(engine, step: int) -> float:
     logits = engine(ids[:, :-1]).float()
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
     engine.backward(loss)
+    if engine.zero_optimization_stage() == 0:
+        clip_gradients(engine.module, engine.gradient_clipping() or 1.0)  # as the trainer does on one rank
     engine.step()
     return loss.item()
 
@@ -86,6 +91,39 @@ def test_save_keep_last_latest_and_exact_resume(dist_one_rank, tmp_path):
     assert resumed.global_steps == 9
     assert resumed.get_lr()[0] == pytest.approx(lr_at(9, t.lr, t.min_lr, t.warmup_steps, t.max_steps))
     assert [train_step(resumed, s) for s in range(9, 12)] == expected  # weights, Adam moments and LR all restored
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_one_rank_checkpoint_is_unpartitioned_and_continues_in_a_zero_engine(dist_one_rank, tmp_path, precision):
+    """One rank trains without ZeRO: its checkpoint has no partition files, resumes at any world size, and
+    loaded into a ZeRO engine (fp32 master + Adam moments + step + LR) trains on as the original does."""
+    ckpt_dir = tmp_path / "checkpoints"
+    engine, cfg = make_engine(0, f"--train.precision={precision}")
+    assert engine.zero_optimization_stage() == 0
+    for step in range(4):
+        train_step(engine, step)
+    ck.save(engine, ckpt_dir, 4, ck.build_client_state(4, {"offset": 4}, cfg.to_dict(), cfg.config_hash()), 1)
+    tag = ckpt_dir / "step00000004"
+    assert sorted(p.name for p in tag.iterdir()) == [ck.COMPLETE, ck.MODEL_STATES]
+    assert not ck.is_partitioned(tag) and ck.saved_world_size(tag) == 1
+    assert ck.choose_resume(ckpt_dir, 4) == ck.Resume("step00000004", 4, False)  # no conversion needed
+    expected = [train_step(engine, s) for s in range(4, 8)]
+
+    zero, _ = make_engine(123, f"--train.precision={precision}", partitioned=True)
+    assert zero.zero_optimization_stage() == 1
+    state = ck.load(zero, ckpt_dir)
+    assert state["step"] == 4 and zero.global_steps == 4 and state["loader_states"] == [{"offset": 4}]
+    got = [train_step(zero, s) for s in range(4, 8)]
+    if precision == "fp32":
+        assert got == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    else:  # the ZeRO engine computes with bf16 weights, stage 0 with fp32 weights under autocast
+        assert got == pytest.approx(expected, abs=0.02)
+
+    # The other way round needs the ZeRO engine that the trainer builds for it, and says so.
+    ck.save(zero, tmp_path / "zero", 8, ck.build_client_state(8, {}, cfg.to_dict(), cfg.config_hash()), 1)
+    plain, _ = make_engine(5, f"--train.precision={precision}")
+    with pytest.raises(ck.ResumeError, match="ZeRO-partitioned and this engine runs without ZeRO"):
+        ck.load(plain, tmp_path / "zero")
 
 
 def test_rng_states_round_trip(dist_one_rank):
@@ -123,9 +161,10 @@ def test_missing_or_dangling_latest(dist_one_rank, tmp_path):
         ck.export_fp32(tmp_path / "nothing", tmp_path / "x.safetensors")
 
 
+@pytest.mark.parametrize("partitioned", [False, True], ids=["stage0", "zero1"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_export_fp32_round_trip_with_tied_weights(dist_one_rank, tmp_path, precision):
-    engine, cfg = make_engine(0, f"--train.precision={precision}")
+def test_export_fp32_round_trip_with_tied_weights(dist_one_rank, tmp_path, precision, partitioned):
+    engine, cfg = make_engine(0, f"--train.precision={precision}", partitioned=partitioned)
     for step in range(3):
         train_step(engine, step)
     state = ck.build_client_state(3, {}, cfg.to_dict(), cfg.config_hash())
@@ -143,12 +182,16 @@ def test_export_fp32_round_trip_with_tied_weights(dist_one_rank, tmp_path, preci
     fresh = TiedLM()
     assert ck.load_fp32(fresh, out) == meta
     assert fresh.head.weight is fresh.emb.weight
-    master = engine.optimizer.single_partition_of_fp32_groups  # ZeRO's fp32 master weights
     exported = torch.cat([p.detach().flatten() for n, p in fresh.named_parameters()
                           if n in ("emb.weight", "body.weight")])
-    assert torch.equal(exported, master[0][:exported.numel()])
+    if partitioned:
+        master = engine.optimizer.single_partition_of_fp32_groups[0]  # ZeRO's fp32 master weights
+    else:  # stage 0 trains the fp32 weights themselves (bf16 by autocast)
+        master = torch.cat([engine.module.emb.weight.detach().flatten(), engine.module.body.weight.detach().flatten()])
+        assert engine.module.emb.weight.dtype == torch.float32
+    assert torch.equal(exported, master[:exported.numel()])
     for name, p in engine.module.state_dict().items():
-        atol = 0 if precision == "fp32" else 1e-2  # bf16 module weights are the rounded masters
+        atol = 0 if precision == "fp32" or not partitioned else 1e-2  # bf16 module weights: the rounded masters
         torch.testing.assert_close(fresh.state_dict()[name], p.float(), atol=atol, rtol=0)
 
 
@@ -163,11 +206,15 @@ WORKER = textwrap.dedent("""
     deepspeed.init_distributed(dist_backend="gloo")
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     extra = ["--checkpoint.load_universal=true"] if mode == "universal" else []
-    engine, cfg = make_engine(100 * rank if mode != "train" else 0, f"--train.precision={precision}", *extra)
-    out = {"rank": rank}
+    # As the trainer does: the checkpoint to resume decides whether one rank runs ZeRO (see make_engine).
+    resume = ck.choose_resume(ckpt_dir, world, load_universal=mode == "universal") if mode != "train" else None
+    partitioned = resume is not None and ck.is_partitioned(ck.Path(ckpt_dir) / resume.tag)
+    engine, cfg = make_engine(100 * rank if mode != "train" else 0, f"--train.precision={precision}", *extra,
+                              partitioned=partitioned)
+    out = {"rank": rank, "zero_stage": int(engine.zero_optimization_stage())}
     start = 0
     if mode != "train":
-        state = ck.load(engine, ckpt_dir)
+        state = ck.load(engine, ckpt_dir, resume.tag)
         start = state["step"]
         out.update(resumed=start, saved_world=state["world_size"],
                    loader=ck.restore_rank_state(state, rank, world))
@@ -292,7 +339,7 @@ def _to_universal(tag_dir: Path) -> None:
 
 def test_newest_complete_checkpoint_wins_over_latest_universal(dist_one_rank, tmp_path):
     """Universal checkpoints are used only while they are the newest; another world size gets the command."""
-    engine, cfg = make_engine(0)
+    engine, cfg = make_engine(0, partitioned=True)  # a ZeRO checkpoint of one rank (a resumed universal one)
     d = tmp_path / "ck"
     _save_steps(engine, cfg, d, (3,))
     with pytest.raises(ck.ResumeError, match="written by 1 ranks and this run has 2") as err:
@@ -314,7 +361,7 @@ def test_newest_complete_checkpoint_wins_over_latest_universal(dist_one_rank, tm
     assert ck.choose_resume(d, 1, load_universal=True) == ck.Resume("step00000006", 6, False)
     assert not ck.set_load_universal(build_deepspeed_config(cfg, 1, "cpu"), ck.Resume("step00000006", 6, False)
                                      )["checkpoint"]["load_universal"]
-    fresh, _ = make_engine(5)
+    fresh, _ = make_engine(5, partitioned=True)
     assert ck.load(fresh, d, "step00000006")["step"] == 6 and fresh.global_steps == engine.global_steps
     # Only a universal checkpoint newer than `latest` is taken on its own.
     (d / "latest").write_text("step00000003")

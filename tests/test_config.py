@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "launch" / "configs"
 
 
-@pytest.mark.parametrize("name, layers, width, frames", [("demo", 2, 128, 8), ("paper", 12, 768, 16),
-                                                           ("gpt2-medium", 24, 1024, 16)])
+@pytest.mark.parametrize("name, layers, width, frames", [("demo", 2, 128, 8), ("synthetic-cpu", 2, 128, 8),
+                                                           ("paper", 12, 768, 16), ("gpt2-medium", 24, 1024, 16)])
 def test_shipped_configs_load(name, layers, width, frames):
     cfg = Config.load(CONFIGS / f"{name}.yaml")
     assert (cfg.model.n_layer, cfg.model.d_model) == (layers, width)
@@ -170,7 +170,7 @@ def test_deepspeed_config_is_filled_from_the_run_config(tmp_path):
     assert ds["zero_optimization"]["stage"] == 2 and ds["checkpoint"]["load_universal"] is True
     assert not any(k.startswith("_") for k in ds) and not any(k.startswith("_") for k in ds["zero_optimization"])
     bf16 = Config.load(CONFIGS / "demo.yaml", ["--train.precision=bf16"])
-    assert build_deepspeed_config(bf16, 1, "cpu")["bf16"]["enabled"] is True
+    assert build_deepspeed_config(bf16, 2, "cpu")["bf16"]["enabled"] is True
     bad = tmp_path / "ds.json"
     bad.write_text(json.dumps({"optimizer": {"type": "Adam"}}))
     with pytest.raises(ConfigError, match="has an 'optimizer' block"):
@@ -240,10 +240,11 @@ def test_lambda_lr_follows_lr_at_and_resumes_on_current_config():
         build_lr_scheduler(torch.optim.AdamW([p], lr=0.1), lr=0.5, min_lr=0.0, warmup_steps=1, max_steps=2)
 
 
+@pytest.mark.parametrize("partitioned", [False, True], ids=["stage0", "zero1"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_zero2_on_cpu_with_client_optimizer_and_schedule(dist_one_rank, precision):
+def test_zero2_on_cpu_with_client_optimizer_and_schedule(dist_one_rank, precision, partitioned):
     """The shipped ZeRO-2 JSON + fused torch AdamW + LambdaLR run under a real DeepSpeed engine on CPU
-    (one rank: stage 1, which keeps the checkpoint layout and skips ZeRO-2's bucketing)."""
+    (one rank: no ZeRO, or ZeRO-1 when it resumes a partitioned checkpoint)."""
     import deepspeed
 
     cfg = Config.load(CONFIGS / "demo.yaml", [f"--train.precision={precision}", "--train.lr=0.03",
@@ -255,9 +256,11 @@ def test_zero2_on_cpu_with_client_optimizer_and_schedule(dist_one_rank, precisio
     engine, *_ = deepspeed.initialize(
         model=model, optimizer=build_optimizer(model.parameters(), t, "cpu"),
         lr_scheduler=lambda opt: build_lr_scheduler(opt, t.lr, t.min_lr, t.warmup_steps, t.max_steps),
-        config=build_deepspeed_config(cfg, world_size=1, device_type="cpu"))
-    assert engine.zero_optimization_stage() == 1 and engine.bfloat16_enabled() == (precision == "bf16")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        config=build_deepspeed_config(cfg, world_size=1, device_type="cpu", resume_partitioned=partitioned))
+    assert engine.zero_optimization_stage() == (1 if partitioned else 0)
+    assert engine.bfloat16_enabled() == (precision == "bf16" and partitioned)
+    assert engine.torch_autocast_enabled() == (precision == "bf16" and not partitioned)
+    dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
     assert next(engine.module.parameters()).dtype == dtype
     x = torch.randn(64, 8)
     y = torch.stack([x[:, :4].sum(1), x[:, 4:].sum(1)], 1)
@@ -271,4 +274,7 @@ def test_zero2_on_cpu_with_client_optimizer_and_schedule(dist_one_rank, precisio
     assert engine.global_steps == t.max_steps
     assert lrs[::2] == pytest.approx([lr_at(s, t.lr, t.min_lr, t.warmup_steps, t.max_steps) for s in range(t.max_steps)])
     assert all(math.isfinite(v) for v in losses) and losses[-1] < 0.5 * losses[0]
-    assert math.isfinite(float(engine.get_global_grad_norm()))
+    if partitioned:
+        assert math.isfinite(float(engine.get_global_grad_norm()))
+    else:  # the trainer clips and keeps the norm (trainer.clip_gradients)
+        assert engine.gradient_clipping() == 0.0

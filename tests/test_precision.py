@@ -70,10 +70,19 @@ def test_deepspeed_config_follows_the_resolved_precision():
     assert build_deepspeed_config(Config.load(None, ["--train.precision=fp32"]), 2, "cpu")["bf16"]["enabled"] is False
 
 
-def test_one_rank_uses_zero1_without_overlap_and_more_ranks_zero2():
-    """One rank: ZeRO-1, no per-gradient hooks (same checkpoint files); several ranks: the JSON's ZeRO-2."""
-    cfg = Config.load(None, [])
-    one = build_deepspeed_config(cfg, 1, "cpu")["zero_optimization"]
+def test_one_rank_runs_without_zero_unless_it_resumes_a_partitioned_checkpoint():
+    """One rank: no ZeRO, fp32 weights and bf16 by autocast (the bare step); resuming a ZeRO or universal
+    checkpoint: ZeRO-1 without per-gradient hooks; several ranks: the JSON's ZeRO-2."""
+    cfg = Config.load(None, ["--train.precision=bf16"])
+    plain = build_deepspeed_config(cfg, 1, "cpu")
+    assert plain["zero_optimization"] == {"stage": 0} and plain["bf16"]["enabled"] is False
+    assert plain["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
+    fp32 = build_deepspeed_config(Config.load(None, ["--train.precision=fp32"]), 1, "cpu")
+    assert fp32["zero_optimization"] == {"stage": 0} and "torch_autocast" not in fp32
+    resumed = build_deepspeed_config(cfg, 1, "cpu", resume_partitioned=True)
+    one = resumed["zero_optimization"]
+    assert resumed["bf16"]["enabled"] is True and "torch_autocast" not in resumed
     assert one["stage"] == 1 and one["overlap_comm"] is False and one["reduce_bucket_size"] >= 124_000_000
+    assert build_deepspeed_config(cfg, 2, "cpu", resume_partitioned=True)["zero_optimization"]["stage"] == 2
     two = build_deepspeed_config(cfg, 2, "cpu")["zero_optimization"]
     assert two["stage"] == 2 and two["overlap_comm"] is True and two["reduce_bucket_size"] == 50_000_000

@@ -232,6 +232,18 @@ def test_cli_demo_variant_outward_fixed_plain_colour_large(tmp_path):
                 assert np.abs(lit.mean(0) - obj["start_xy"]).max() < 1.0  # drawn where the metadata says
 
 
+def test_cli_fixed_object_size_draws_one_radius(tmp_path):
+    """--object_size fixed: every object has radius 0.2 of the frame side, so a caption fixes its outline."""
+    out = tmp_path / "fixed"
+    _build(out, "--two_shape_fraction", "0", "--object_size", "fixed")
+    radii = set()
+    for tar_path in sorted(out.glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            radii |= {obj["radius_px"] for m in tar if m.name.endswith(".json")
+                      for obj in json.loads(tar.extractfile(m).read())["objects"]}
+    assert len(radii) == 1 and radii.pop() == pytest.approx(0.2 * 32)
+
+
 @pytest.mark.parametrize("flag, value, message", [
     ("--plain_colour", "20,30", "3 comma-separated values"),
     ("--plain_colour", "20,30,256", "three integers in 0..255"),
