@@ -44,13 +44,17 @@ def make_batch(batch_size: int, frames: int, size: int, token_budget: int):
     return pack_samples(samples, token_budget, seed=0)
 
 
-def time_steps(model, opt, batch, steps: int, precision: str, deadline: float = float("inf")) -> float:
-    """Median seconds of `steps` training steps after a warm-up; stops early (>= 1 step) past `deadline`."""
+def time_steps(model, opt, batch, steps: int, precision: str, deadline: float = float("inf"),
+               grad_clip: float = 0.0) -> float:
+    """Median seconds of `steps` training steps after a warm-up; stops early (>= 1 step) past `deadline`.
+    `grad_clip` > 0 clips the global gradient norm before the update, as the training job does."""
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = model(batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
 
     step()  # warm-up: allocator, autocast caches, optimizer state

@@ -6,8 +6,9 @@
 For each (ranks, precision) it trains on synthetic 16-frame 32x32 shards with the `paper` config
 (overridden to a small packed batch for a CPU) and reads rank 0's train_log.jsonl: median samples/s,
 frames/s, s/step and the data-loading share, skipping the first 2 steps. For 1 rank it then times the
-bare model step (bench/model_throughput.py's loop: forward, backward, fused AdamW, no engine) in this
-process on a batch of the job's clips per step, same precision and threads, and prints the job's
+bare model step (bench/model_throughput.py's loop: forward, backward, gradient clipping, the job's fused
+AdamW, no engine) in this process, on the job's model config and a batch of the job's clips per step, same
+precision and threads, and prints the job's
 share of it ("job/bare"), and the job's share of the matmul peak of its precision, measured at the
 start of the run. Each row prints as soon as it is measured. With --authors/--mingpt the authors'
 training step is timed in the same run (bench/authors.py) for the last column.
@@ -30,7 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from authors import authors_reference  # noqa: E402
 from cpuinfo import cpu_line  # noqa: E402
-from model_throughput import build_model, make_batch, measure_peaks, time_steps  # noqa: E402
+from model_throughput import make_batch, measure_peaks, time_steps  # noqa: E402
+
+from t2v_dist.config import Config, build_optimizer  # noqa: E402
+from t2v_dist.model import T2VModel  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,11 +76,17 @@ def run_job(world: int, precision: str, preset: str, shards: Path, run_dir: Path
                 data_share=med("data_share"), samples_per_step=med("samples_per_s") * med("step_seconds"))
 
 
-def bare_step(model, clips: int, precision: str, steps: int, token_budget: int, deadline: float) -> tuple[float, float]:
-    """(seconds, FLOP) of the bare model step on `clips` clips packed like the job's rows."""
+def job_config(preset: str) -> Config:
+    return Config.load(REPO / "launch" / "configs" / "paper.yaml", [f"--model.preset={preset}"])
+
+
+def bare_step(model, cfg: Config, clips: int, precision: str, steps: int, token_budget: int,
+              deadline: float) -> tuple[float, float]:
+    """(seconds, FLOP) of the bare model step on `clips` clips packed like the job's rows: the job's model,
+    optimizer and gradient clipping, no engine."""
     batch = make_batch(clips, 16, 32, token_budget)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    sec = time_steps(model, opt, batch, steps, precision, deadline)
+    opt = build_optimizer(model.parameters(), cfg.train, "cpu")
+    sec = time_steps(model, opt, batch, steps, precision, deadline, grad_clip=cfg.train.grad_clip)
     return sec, model.flops_per_step(batch)
 
 
@@ -126,9 +136,12 @@ def main(preset: str = "gpt2", worlds: str = "1,2", precisions: str = "fp32,bf16
                     from t2v_dist.precision import choose_precision
 
                     prec = choose_precision(precision, "cpu").precision
-                    model = model or build_model(preset, 32)
+                    cfg = job_config(preset)
+                    if model is None:
+                        torch.manual_seed(0)
+                        model = T2VModel(cfg.model)
                     clips_step = max(1, round(r["samples_per_step"]))
-                    sec, flops = bare_step(model, clips_step, prec, bare_steps, token_budget, deadline)
+                    sec, flops = bare_step(model, cfg, clips_step, prec, bare_steps, token_budget, deadline)
                     job_s = r["step_s"] * clips_step / r["samples_per_step"]  # at exactly clips_step clips
                     bare, share = f"{sec:>11.2f}", f"{100 * sec / job_s:>7.0f}%"
                     peak = f"{100 * flops / job_s / peaks[prec]:>6.1f}%"

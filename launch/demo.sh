@@ -2,9 +2,9 @@
 # The embedded demo (`make demo`): synthetic moving-shape shards -> 2 CPU ranks of DeepSpeed ZeRO-2
 # over gloo -> checkpoints and sample videos -> the text-faithfulness evaluation (t2v-eval). Runs again
 # resume: shards already built are kept, and training continues from the latest checkpoint in runs/demo.
-# The demo's data is the easy variant of the synthetic set (one large object on a fixed dark background,
-# 8 frames of a path from just behind the frame centre outwards) with the full vocabulary, and 8 colour x
-# shape x direction combinations held out of training (scored apart as "unseen").
+# The demo's data is the easy variant of the synthetic set (one object of one size on a fixed dark
+# background, 8 frames of a path from just behind the frame centre outwards) with the full vocabulary, and
+# 8 colour x shape x direction combinations held out of training (scored apart as "unseen").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -16,7 +16,7 @@ export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions
 echo "== 1/4 shards: data/demo (incremental: complete shards are kept)"
 "$PY" -m shards.cli synthetic --out data/demo --num_clips 4000 --frames 8 --size 32 --seed 7 \
     --samples_per_shard 250 --two_shape_fraction 0 --textured_fraction 0 --layout outward \
-    --plain_colour 20,20,20 --object_size large --holdout True --progress False
+    --plain_colour 20,20,20 --object_size fixed --holdout True --progress False
 
 echo "== 2/4 config check for 2 ranks"
 "$PY" -m t2v_dist.config --config "$CONFIG" --world-size 2 --run_dir="$RUN_DIR" >/dev/null

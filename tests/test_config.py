@@ -32,7 +32,8 @@ def test_shipped_configs_load(name, layers, width, frames):
 
 def test_overrides_are_typed_by_field():
     cfg = Config.load(CONFIGS / "demo.yaml", [
-        "--train.max_steps=1_000", "--train.lr=1e-4", "--train.betas=0.8,0.9", "--metrics.enabled=false",
+        "--train.max_steps=1_000", "--train.lr=1e-4", "--train.min_lr=1e-5", "--train.betas=0.8,0.9",
+        "--metrics.enabled=false",
         "--data.min_frames", "null", "--eval.prompts=[a red circle moves up, a cat]", "run_dir=/tmp/x",
         "--train.train_batch_size=4", "--model.unet_mults=[1, 2, 4]", "--data.tokenizer_path=123"])
     assert cfg.train.max_steps == 1000 and cfg.train.lr == 1e-4 and isinstance(cfg.train.lr, float)

@@ -275,6 +275,27 @@ def test_universal_checkpoint_resumes_on_one_rank(shards, reference, tmp_path):
     assert train[0]["losses"]["total"] < (ended + fresh) / 2
 
 
+def test_one_rank_checkpoint_resumes_on_two_ranks(shards, tmp_path):
+    """1 rank (no ZeRO: one checkpoint file, the trainer clips and logs the norm) -> 2 ZeRO-2 ranks with no
+    conversion: the full weights and Adam state are split over the partitions and training goes on."""
+    run_dir, log = tmp_path / "run", tmp_path / "log.txt"
+    args = train_args(shards, run_dir, "--train.max_steps=8", "--checkpoint.every=8")
+    assert wait(launch_ranks(args, log, world=1), log) == [0], log.read_text()[-4000:]
+    one = records(run_dir)
+    assert all(r["grad_norm"] is not None and r["grad_norm"] > 0 for r in one)
+    tag = run_dir / "checkpoints" / "step00000008"
+    assert sorted(p.name for p in tag.iterdir()) == ["complete.json", "mp_rank_00_model_states.pt"]
+    args = train_args(shards, run_dir, "--train.max_steps=12", "--checkpoint.every=12")
+    assert wait(launch_ranks(args, log, world=2), log) == [0, 0], log.read_text()[-4000:]
+    assert "resuming at step 8: 2 ranks" in log.read_text()
+    two = records(run_dir)[len(one):]
+    assert [r["step"] for r in two] == list(range(9, 13))
+    # The weights and moments came back: the loss goes on near where the 1-rank run ended, not from scratch.
+    ended, fresh = one[-1]["losses"]["total"], one[0]["losses"]["total"]
+    assert two[0]["losses"]["total"] < (ended + fresh) / 2
+    assert len(list((run_dir / "checkpoints" / "step00000012").glob("*zero_pp_rank_*"))) == 2
+
+
 def test_nonfinite_losses_are_skipped_then_stop_the_run(shards, tmp_path):
     """An absurd learning rate drives the weights to inf: each bad micro-batch is skipped and counted,
     and max_bad_steps of them in a row stop the run with a clear message and a non-zero exit code."""
