@@ -161,21 +161,28 @@ def _save_checkpoint(engine, cfg: Config, env: DistEnv, step: int, loader, metri
 def train(cfg: Config) -> int:
     """Run (or resume) training until train.max_steps or a preemption signal. Returns the exit code."""
     env = init_distributed()
-    _set_cpu_threads(env)
-    cfg.check_world_size(env.world_size)
-    lock = runlock.lock_run_dir(cfg.run_dir, env.is_main)  # first: a second job is told who holds the run dir
     try:
-        # Before the engine is built (the slow part); a problem on any rank stops every rank.
-        preflight.check_all_ranks(cfg, env.local_rank, env.device.type)
-        tag = checkpoint.tag_to_resume(cfg.run_dir, cfg.checkpoint.dir, cfg.checkpoint.tag)
-        if tag != cfg.checkpoint.tag and env.is_main:
-            log.warning("checkpoint.tag=%s was used by an earlier start of this run, which has saved newer "
-                        "checkpoints since: resuming from 'latest' (drop the flag to silence this)", cfg.checkpoint.tag)
-        resume = checkpoint.choose_resume(cfg.checkpoint.dir, env.world_size, tag, cfg.checkpoint.load_universal)
-        return _train(cfg, env, resume)
+        _set_cpu_threads(env)
+        cfg.check_world_size(env.world_size)
+        lock = runlock.lock_run_dir(cfg.run_dir, env.is_main)  # first: a second job is told who holds the run dir
+        try:
+            # Before the engine is built (the slow part); a problem on any rank stops every rank.
+            preflight.check_all_ranks(cfg, env.local_rank, env.device.type)
+            tag = checkpoint.tag_to_resume(cfg.run_dir, cfg.checkpoint.dir, cfg.checkpoint.tag)
+            if tag != cfg.checkpoint.tag and env.is_main:
+                log.warning("checkpoint.tag=%s was used by an earlier start of this run, which has saved newer "
+                            "checkpoints since: resuming from 'latest' (drop the flag to silence this)",
+                            cfg.checkpoint.tag)
+            resume = checkpoint.choose_resume(cfg.checkpoint.dir, env.world_size, tag, cfg.checkpoint.load_universal)
+            return _train(cfg, env, resume)
+        finally:
+            if lock:
+                lock.release()
     finally:
-        if lock:
-            lock.release()
+        # Joins the process group's threads: left to interpreter exit, one could still be joinable and the
+        # process aborts ("terminate called without an active exception", exit -6) instead of its own code.
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _train(cfg: Config, env: DistEnv, resume: checkpoint.Resume | None) -> int:
