@@ -161,24 +161,22 @@ def _save_checkpoint(engine, cfg: Config, env: DistEnv, step: int, loader, metri
 def train(cfg: Config) -> int:
     """Run (or resume) training until train.max_steps or a preemption signal. Returns the exit code."""
     env = init_distributed()
+    lock = None
     try:
         _set_cpu_threads(env)
         cfg.check_world_size(env.world_size)
         lock = runlock.lock_run_dir(cfg.run_dir, env.is_main)  # first: a second job is told who holds the run dir
-        try:
-            # Before the engine is built (the slow part); a problem on any rank stops every rank.
-            preflight.check_all_ranks(cfg, env.local_rank, env.device.type)
-            tag = checkpoint.tag_to_resume(cfg.run_dir, cfg.checkpoint.dir, cfg.checkpoint.tag)
-            if tag != cfg.checkpoint.tag and env.is_main:
-                log.warning("checkpoint.tag=%s was used by an earlier start of this run, which has saved newer "
-                            "checkpoints since: resuming from 'latest' (drop the flag to silence this)",
-                            cfg.checkpoint.tag)
-            resume = checkpoint.choose_resume(cfg.checkpoint.dir, env.world_size, tag, cfg.checkpoint.load_universal)
-            return _train(cfg, env, resume)
-        finally:
-            if lock:
-                lock.release()
+        # Before the engine is built (the slow part); a problem on any rank stops every rank.
+        preflight.check_all_ranks(cfg, env.local_rank, env.device.type)
+        tag = checkpoint.tag_to_resume(cfg.run_dir, cfg.checkpoint.dir, cfg.checkpoint.tag)
+        if tag != cfg.checkpoint.tag and env.is_main:
+            log.warning("checkpoint.tag=%s was used by an earlier start of this run, which has saved newer "
+                        "checkpoints since: resuming from 'latest' (drop the flag to silence this)", cfg.checkpoint.tag)
+        resume = checkpoint.choose_resume(cfg.checkpoint.dir, env.world_size, tag, cfg.checkpoint.load_universal)
+        return _train(cfg, env, resume)
     finally:
+        if lock:
+            lock.release()
         # Joins the process group's threads: left to interpreter exit, one could still be joinable and the
         # process aborts ("terminate called without an active exception", exit -6) instead of its own code.
         if dist.is_initialized():
@@ -198,15 +196,14 @@ def _train(cfg: Config, env: DistEnv, resume: checkpoint.Resume | None) -> int:
     if env.is_main:
         (log.warning if choice.slow else log.info)("%s", choice.reason)
     optimizer = build_optimizer(model.parameters(), t, env.device.type)
+    partitioned = resume is not None and checkpoint.is_partitioned(Path(cfg.checkpoint.dir) / resume.tag)
+    ds_config = build_deepspeed_config(cfg, env.world_size, env.device.type, resume_partitioned=partitioned)
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer,
         lr_scheduler=lambda opt: build_lr_scheduler(opt, t.lr, t.min_lr, t.warmup_steps, t.max_steps),
-        config=checkpoint.set_load_universal(build_deepspeed_config(
-            cfg, env.world_size, env.device.type,
-            resume_partitioned=resume is not None and checkpoint.is_partitioned(Path(cfg.checkpoint.dir) / resume.tag)),
-            resume),
-        dist_init_required=False)
-    if env.world_size == 1 and engine.zero_optimization_stage() == 0:
+        config=checkpoint.set_load_universal(ds_config, resume), dist_init_required=False)
+    no_zero = engine.zero_optimization_stage() == 0  # then the trainer clips and keeps the gradient norm
+    if no_zero and env.world_size == 1:
         engine.enable_backward_allreduce = False  # averaging gradients over one rank only copies them
 
     loader = ShardLoader(cfg.data, split="train", rank=env.rank, world_size=env.world_size)
@@ -260,7 +257,7 @@ def _train(cfg: Config, env: DistEnv, resume: checkpoint.Resume | None) -> int:
                     continue
                 bad_in_a_row = 0
                 engine.backward(out.loss)
-                if engine.zero_optimization_stage() == 0 and engine.is_gradient_accumulation_boundary():
+                if no_zero and engine.is_gradient_accumulation_boundary():
                     grad_norm = clip_gradients(model, t.grad_clip)
                 engine.step()
                 micro += 1
@@ -277,7 +274,7 @@ def _train(cfg: Config, env: DistEnv, resume: checkpoint.Resume | None) -> int:
             step_s = time.perf_counter() - t_step
             losses = {k: v / t.gradient_accumulation_steps for k, v in sums.items()}
             lr = scheduler.get_last_lr()[0]
-            if engine.zero_optimization_stage() > 0:
+            if not no_zero:
                 grad_norm = engine.get_global_grad_norm()
             grad_norm = float(grad_norm) if grad_norm is not None else None
             metrics.observe_step(step=step, step_seconds=step_s, data_seconds=data_s, samples=samples, frames=frames,
