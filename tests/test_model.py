@@ -102,6 +102,39 @@ def test_cached_generation_equals_uncached(tok):
     assert video.dtype == torch.uint8 and video.shape == (4, 3, 32, 32, 3)
 
 
+def test_kept_generation_weights_follow_every_weight_change(tok):
+    """Batched CPU generation keeps transposed weight copies between calls; no change of the weights may be missed."""
+    model, other = tiny().eval(), tiny()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ids = [s["tokens"] for s in make_samples(tok, [2, 2])]
+
+    def fresh(state):  # the reference: a new model that has never generated
+        ref = tiny().eval()
+        ref.load_state_dict(state)
+        return ref.generate(ids, num_frames=4, seed=1, as_float=True)
+
+    first = model.generate(ids, num_frames=4, seed=1, as_float=True)
+    copies = model._transposed
+    torch.testing.assert_close(model.generate(ids, num_frames=4, seed=1, as_float=True), first, rtol=0, atol=0)
+    assert model._transposed is copies  # kept, not remade
+    model.load_state_dict(other.state_dict())  # in place: the version counters move
+    torch.testing.assert_close(model.generate(ids, num_frames=4, seed=1, as_float=True), fresh(other.state_dict()))
+    # DeepSpeed writes weights through views of its flat buffers, which the counters do not see: train() drops the copies.
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    offset = 0
+    for p in model.parameters():
+        p.data = flat[offset:offset + p.numel()].view_as(p)
+        offset += p.numel()
+    model.generate(ids, num_frames=4, seed=1)  # copies of the weights as they sit in the flat buffer
+    model.train()
+    assert model._transposed is None
+    flat.mul_(0.9)  # "the optimizer step"
+    model.eval()
+    torch.testing.assert_close(model.generate(ids, num_frames=4, seed=1, as_float=True), fresh(model.state_dict()))
+
+
 def test_noise_schedule_is_the_authors_and_ignores_max_frames():
     """beta_i = min(0.9, 2 * 0.9 / 1023 * i): the authors' 2 * linspace(0, 0.9, 1024)[i], whatever max_frames is."""
     frames = torch.tensor([0, 7, 15])
