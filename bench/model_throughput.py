@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from authors import authors_reference  # noqa: E402
 from cpuinfo import cpu_line, matmul_peak  # noqa: E402
+from t2v_dist import host_memory  # noqa: E402
 from t2v_dist.model import ModelConfig, T2VModel  # noqa: E402
 from t2v_dist.packing import pack_samples  # noqa: E402
 from t2v_dist.tokenizer import encode_caption, load_tokenizer  # noqa: E402
@@ -82,7 +83,7 @@ def _as_list(value) -> list[str]:
 
 def main(preset: str = "gpt2", frames: int = 16, size: int = 32, batch_sizes: str = "1,16", steps: int = 5,
          precisions: str = "fp32,bf16", token_budget: int = 1024, threads: int = 0, budget_s: float = 900,
-         authors: str | None = None, mingpt: str | None = None):
+         authors: str | None = None, mingpt: str | None = None, keep_freed_memory: bool = True):
     """Print the CPU, the matmul peaks, then one line per (batch, precision) as it is measured.
 
     Args:
@@ -97,12 +98,16 @@ def main(preset: str = "gpt2", frames: int = 16, size: int = 32, batch_sizes: st
         budget_s: time budget: no new configuration starts after it, and a running one stops after one step.
         authors: checkout of the authors' repository: time their step in this run for the ratio column.
         mingpt: checkout of karpathy/minGPT (needed with --authors).
+        keep_freed_memory: keep freed memory in the process, as the trainer does on a CPU
+            (train.keep_freed_memory; t2v_dist/host_memory.py).
     """
     start = time.perf_counter()
     deadline = start + budget_s
     if threads:
         torch.set_num_threads(threads)
+    kept = keep_freed_memory and host_memory.keep_freed_memory()
     print(cpu_line(), flush=True)
+    print(f"keep_freed_memory={keep_freed_memory} (in this process: {'on' if kept else 'off'})", flush=True)
     peaks = measure_peaks()
     ref = authors_reference(authors, mingpt, budget_s / 4) if authors else None
     model = build_model(preset, size)

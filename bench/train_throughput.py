@@ -33,6 +33,7 @@ from authors import authors_reference  # noqa: E402
 from cpuinfo import cpu_line  # noqa: E402
 from model_throughput import make_batch, measure_peaks, time_steps  # noqa: E402
 
+from t2v_dist import host_memory  # noqa: E402
 from t2v_dist.config import Config, build_optimizer  # noqa: E402
 from t2v_dist.model import T2VModel  # noqa: E402
 
@@ -50,13 +51,13 @@ def build_shards(out: Path, clips: int) -> None:
 
 
 def run_job(world: int, precision: str, preset: str, shards: Path, run_dir: Path, steps: int, token_budget: int,
-            max_rows: int, workers: int, threads: int) -> dict:
+            max_rows: int, workers: int, threads: int, keep_memory: bool) -> dict:
     args = [str(REPO / "launch" / "train.py"), "--config", str(REPO / "launch" / "configs" / "paper.yaml"),
             "--run_dir", str(run_dir), f"--model.preset={preset}", f"--data.train_shards={shards}/train-*.tar",
             "--data.val_shards=", f"--data.token_budget={token_budget}", f"--data.max_rows={max_rows}",
             f"--data.num_workers={workers}", f"--train.max_steps={steps}", f"--train.precision={precision}",
             "--train.warmup_steps=1", "--train.log_every=1", "--eval.every=0", "--checkpoint.every=0",
-            "--metrics.enabled=false"]
+            "--metrics.enabled=false", f"--train.keep_freed_memory={str(keep_memory).lower()}"]
     if world == 1:
         cmd = [sys.executable, *args]
     else:
@@ -92,7 +93,8 @@ def bare_step(model, cfg: Config, clips: int, precision: str, steps: int, token_
 
 def main(preset: str = "gpt2", worlds: str = "1,2", precisions: str = "fp32,bf16", steps: int = 8,
          token_budget: int = 400, max_rows: int = 1, workers: int = 1, clips: int = 2048, threads: int = 0,
-         bare_steps: int = 4, budget_s: float = 1200, authors: str | None = None, mingpt: str | None = None):
+         bare_steps: int = 4, budget_s: float = 1200, authors: str | None = None, mingpt: str | None = None,
+         keep_freed_memory: bool = True):
     """Print one line per (ranks, precision) as it is measured: the job, and for 1 rank the bare step.
 
     Args:
@@ -109,11 +111,15 @@ def main(preset: str = "gpt2", worlds: str = "1,2", precisions: str = "fp32,bf16
         budget_s: time budget: no new configuration starts after it.
         authors: checkout of the authors' repository: time their step in this run for the last column.
         mingpt: checkout of karpathy/minGPT (needed with --authors).
+        keep_freed_memory: the job's train.keep_freed_memory, and the same for this process's bare step
+            (False: both hand freed memory back to the OS, as before the option existed).
     """
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
     deadline = time.perf_counter() + budget_s
     torch.set_num_threads(threads or (os.cpu_count() or 1))
+    kept = keep_freed_memory and host_memory.keep_freed_memory()
     print(cpu_line(), flush=True)
+    print(f"keep_freed_memory={keep_freed_memory} (in this process: {'on' if kept else 'off'})", flush=True)
     peaks = measure_peaks()
     ref = authors_reference(authors, mingpt, budget_s / 4) if authors else None
     print(f"preset={preset} token_budget={token_budget} max_rows={max_rows} workers/rank={workers}", flush=True)
@@ -130,7 +136,7 @@ def main(preset: str = "gpt2", worlds: str = "1,2", precisions: str = "fp32,bf16
                     print(f"budget of {budget_s:.0f} s spent: ranks={world} {precision} not measured", flush=True)
                     continue
                 r = run_job(world, precision, preset, tmp / "shards", tmp / f"run_{world}_{precision}", steps,
-                            token_budget, max_rows, workers, threads)
+                            token_budget, max_rows, workers, threads, keep_freed_memory)
                 bare = share = peak = ""
                 if world == 1:
                     from t2v_dist.precision import choose_precision

@@ -62,6 +62,7 @@ class TrainConfig:
     eps: float = 1e-8
     grad_clip: float = 1.0                  # global L2 norm; 0 disables clipping
     precision: str = "auto"                 # fp32 | bf16 | auto (bf16 where the GPU/CPU runs it natively)
+    keep_freed_memory: bool = True          # CPU: keep freed host memory for the next step (host_memory.py)
     gradient_accumulation_steps: int = 1
     # One micro-batch is one packed batch of data.max_rows rows (see packing.py), so this stays 1:
     # grow the batch with data.max_rows / the token budget or with gradient_accumulation_steps.

@@ -12,6 +12,7 @@ import os
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 
@@ -87,5 +88,22 @@ def init_distributed(timeout_s: int = 600) -> DistEnv:
                 raise
             os.environ["MASTER_PORT"] = str(_free_port())
 
+    if device.type == "cpu" and dist.get_world_size() > 1:
+        _unlink_shm_allreduce_buffer(dist)
     return DistEnv(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
                    device=device, node=socket.gethostname())
+
+
+def _unlink_shm_allreduce_buffer(dist) -> None:
+    """Remove this rank's name of DeepSpeed's CPU all-reduce buffer from /dev/shm once every rank has mapped it.
+
+    When all ranks share a host, DeepSpeed's CPU backend creates a 66 MB shared-memory file per rank
+    (deepspeed_allreduce_buffer_<uid>_<MASTER_ADDR>_<MASTER_PORT>_<rank>, ops/csrc/cpu/comm/shm.cpp) and never
+    unlinks it: every 2-rank CPU run left 132 MB of /dev/shm (RAM) behind, until a machine full of finished
+    runs killed a new one out of memory. After the barrier every rank has opened every other rank's file, so
+    the names can go; the mappings live on until the processes exit, and a crash leaves nothing behind.
+    """
+    dist.barrier()
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{dist.get_rank()}")
+    Path("/dev/shm", name).unlink(missing_ok=True)

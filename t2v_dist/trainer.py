@@ -24,6 +24,7 @@ from t2v_dist.config import Config, build_deepspeed_config, build_optimizer
 from t2v_dist.data import ShardLoader, expand_shards
 from t2v_dist.distributed import DistEnv, init_distributed
 from t2v_dist.evaluation import evaluate_at_step
+from t2v_dist.host_memory import keep_freed_memory
 from t2v_dist.lr_schedule import build_lr_scheduler
 from t2v_dist.metrics import Metrics, StepLogger
 from t2v_dist.model import LOSS_TERMS, build_model
@@ -164,6 +165,9 @@ def train(cfg: Config) -> int:
     lock = None
     try:
         _set_cpu_threads(env)
+        if env.device.type == "cpu" and cfg.train.keep_freed_memory and not keep_freed_memory():
+            log.warning("train.keep_freed_memory: this C library is not glibc or refused mallopt; freed "
+                        "host memory goes back to the OS as usual")
         cfg.check_world_size(env.world_size)
         lock = runlock.lock_run_dir(cfg.run_dir, env.is_main)  # first: a second job is told who holds the run dir
         # Before the engine is built (the slow part); a problem on any rank stops every rank.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -154,6 +155,9 @@ def test_zero2_two_ranks_learns_and_writes_everything(reference):
     samples = Path(evals[-1]["samples_dir"])
     assert (samples / "sample_0.mp4").stat().st_size > 0 and (samples / "sample_0.gif").exists()
     assert (samples / "sample_sheet.png").exists()
+    # DeepSpeed's CPU all-reduce buffers (66 MB of /dev/shm per rank, never unlinked by DeepSpeed) are gone.
+    port = re.search(r"master_port=(\d+)", (reference / "log.txt").read_text()).group(1)
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"))
     # Each rank trains on its own part of the data (79 clips: 3+ steps of the first epoch on either rank).
     k0, k1 = keys_by_step(reference, 0), keys_by_step(reference, 1)
     early0, early1 = (set(sum((k[s] for s in (1, 2, 3)), [])) for k in (k0, k1))
