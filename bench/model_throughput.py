@@ -45,6 +45,13 @@ def make_batch(batch_size: int, frames: int, size: int, token_budget: int):
     return pack_samples(samples, token_budget, seed=0)
 
 
+def apply_keep_freed_memory(keep: bool) -> None:
+    """Keep freed memory in this process as the trainer does on a CPU (train.keep_freed_memory) when `keep`,
+    and print whether it took."""
+    kept = keep and host_memory.keep_freed_memory()
+    print(f"keep_freed_memory={keep} (in this process: {'on' if kept else 'off'})", flush=True)
+
+
 def time_steps(model, opt, batch, steps: int, precision: str, deadline: float = float("inf"),
                grad_clip: float = 0.0) -> float:
     """Median seconds of `steps` training steps after a warm-up; stops early (>= 1 step) past `deadline`.
@@ -105,9 +112,8 @@ def main(preset: str = "gpt2", frames: int = 16, size: int = 32, batch_sizes: st
     deadline = start + budget_s
     if threads:
         torch.set_num_threads(threads)
-    kept = keep_freed_memory and host_memory.keep_freed_memory()
     print(cpu_line(), flush=True)
-    print(f"keep_freed_memory={keep_freed_memory} (in this process: {'on' if kept else 'off'})", flush=True)
+    apply_keep_freed_memory(keep_freed_memory)
     peaks = measure_peaks()
     ref = authors_reference(authors, mingpt, budget_s / 4) if authors else None
     model = build_model(preset, size)

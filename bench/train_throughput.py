@@ -31,9 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from authors import authors_reference  # noqa: E402
 from cpuinfo import cpu_line  # noqa: E402
-from model_throughput import make_batch, measure_peaks, time_steps  # noqa: E402
+from model_throughput import apply_keep_freed_memory, make_batch, measure_peaks, time_steps  # noqa: E402
 
-from t2v_dist import host_memory  # noqa: E402
 from t2v_dist.config import Config, build_optimizer  # noqa: E402
 from t2v_dist.model import T2VModel  # noqa: E402
 
@@ -117,9 +116,8 @@ def main(preset: str = "gpt2", worlds: str = "1,2", precisions: str = "fp32,bf16
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
     deadline = time.perf_counter() + budget_s
     torch.set_num_threads(threads or (os.cpu_count() or 1))
-    kept = keep_freed_memory and host_memory.keep_freed_memory()
     print(cpu_line(), flush=True)
-    print(f"keep_freed_memory={keep_freed_memory} (in this process: {'on' if kept else 'off'})", flush=True)
+    apply_keep_freed_memory(keep_freed_memory)
     peaks = measure_peaks()
     ref = authors_reference(authors, mingpt, budget_s / 4) if authors else None
     print(f"preset={preset} token_budget={token_budget} max_rows={max_rows} workers/rank={workers}", flush=True)
