@@ -52,24 +52,33 @@ def apply_keep_freed_memory(keep: bool) -> None:
     print(f"keep_freed_memory={keep} (in this process: {'on' if kept else 'off'})", flush=True)
 
 
+def train_step(model, opt, batch, precision: str, grad_clip: float = 0.0) -> dict[str, float]:
+    """One bare training step: forward (bf16 autocast when `precision` is bf16), backward, optional
+    clipping of the global gradient norm (`grad_clip` > 0, as the training job does), optimizer update.
+    Returns the wall seconds of each phase."""
+    t0 = time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss = model(batch).loss
+    t1 = time.perf_counter()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    t2 = time.perf_counter()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    t3 = time.perf_counter()
+    opt.step()
+    t4 = time.perf_counter()
+    return {"forward": t1 - t0, "backward": t2 - t1, "gradient clipping": t3 - t2, "optimizer": t4 - t3}
+
+
 def time_steps(model, opt, batch, steps: int, precision: str, deadline: float = float("inf"),
                grad_clip: float = 0.0) -> float:
-    """Median seconds of `steps` training steps after a warm-up; stops early (>= 1 step) past `deadline`.
-    `grad_clip` > 0 clips the global gradient norm before the update, as the training job does."""
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = model(batch).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
-
-    step()  # warm-up: allocator, autocast caches, optimizer state
+    """Median seconds of `steps` training steps after a warm-up; stops early (>= 1 step) past `deadline`."""
+    train_step(model, opt, batch, precision, grad_clip)  # warm-up: allocator, autocast caches, optimizer state
     times = []
     while len(times) < steps and (not times or time.perf_counter() < deadline):
         t0 = time.perf_counter()
-        step()
+        train_step(model, opt, batch, precision, grad_clip)
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
 

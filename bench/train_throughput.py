@@ -5,13 +5,14 @@
 
 For each (ranks, precision) it trains on synthetic 16-frame 32x32 shards with the `paper` config
 (overridden to a small packed batch for a CPU) and reads rank 0's train_log.jsonl: median samples/s,
-frames/s, s/step and the data-loading share, skipping the first 2 steps. For 1 rank it then times the
-bare model step (bench/model_throughput.py's loop: forward, backward, gradient clipping, the job's fused
-AdamW, no engine) in this process, on the job's model config and a batch of the job's clips per step, same
-precision and threads, and prints the job's
-share of it ("job/bare"), and the job's share of the matmul peak of its precision, measured at the
-start of the run. Each row prints as soon as it is measured. With --authors/--mingpt the authors'
-training step is timed in the same run (bench/authors.py) for the last column.
+frames/s, s/step and the data-loading share, skipping the first 2 steps. For 1 rank it then reads the
+job's own batches again (the same shards, loader config and seed) and times the bare model step on each
+of them in this process (bench/model_throughput.py's step: forward, backward, gradient clipping, the job's
+fused AdamW, no engine), same precision and threads. "job/bare" is the median over steps 3..N of the bare
+step's time over the job's on the same batch, "GFLOP/s" the median of the job's model FLOP/s (counted on
+each batch), and "% peak" that over the matmul peak of its precision, measured at the start of the run.
+Each row prints as soon as it is measured. With --authors/--mingpt the authors' training step is timed in
+the same run (bench/authors.py) for the last column.
 """
 from __future__ import annotations
 
@@ -31,12 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from authors import authors_reference  # noqa: E402
 from cpuinfo import cpu_line  # noqa: E402
-from model_throughput import apply_keep_freed_memory, make_batch, measure_peaks, time_steps  # noqa: E402
+from model_throughput import apply_keep_freed_memory, measure_peaks, train_step  # noqa: E402
 
 from t2v_dist.config import Config, build_optimizer  # noqa: E402
+from t2v_dist.data.loader import ShardLoader  # noqa: E402
 from t2v_dist.model import T2VModel  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+PAPER = REPO / "launch" / "configs" / "paper.yaml"
 
 
 def _as_list(value) -> list[str]:
@@ -49,14 +52,22 @@ def build_shards(out: Path, clips: int) -> None:
                     "--progress", "False"], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
 
 
-def run_job(world: int, precision: str, preset: str, shards: Path, run_dir: Path, steps: int, token_budget: int,
-            max_rows: int, workers: int, threads: int, keep_memory: bool) -> dict:
-    args = [str(REPO / "launch" / "train.py"), "--config", str(REPO / "launch" / "configs" / "paper.yaml"),
-            "--run_dir", str(run_dir), f"--model.preset={preset}", f"--data.train_shards={shards}/train-*.tar",
+SKIP = 2  # the job's first steps (allocator, optimizer state, loader start) are not counted
+
+
+def job_overrides(preset: str, shards: Path, run_dir: Path, steps: int, precision: str, token_budget: int,
+                  max_rows: int, workers: int, keep_memory: bool) -> list[str]:
+    """The job's overrides of the paper config: also how this process reads the job's batches again."""
+    return ["--run_dir", str(run_dir), f"--model.preset={preset}", f"--data.train_shards={shards}/train-*.tar",
             "--data.val_shards=", f"--data.token_budget={token_budget}", f"--data.max_rows={max_rows}",
             f"--data.num_workers={workers}", f"--train.max_steps={steps}", f"--train.precision={precision}",
             "--train.warmup_steps=1", "--train.log_every=1", "--eval.every=0", "--checkpoint.every=0",
             "--metrics.enabled=false", f"--train.keep_freed_memory={str(keep_memory).lower()}"]
+
+
+def run_job(world: int, overrides: list[str], threads: int, run_dir: Path) -> dict:
+    """Run launch/train.py; rank 0's logged steps after the first SKIP, as lists, and their medians."""
+    args = [str(REPO / "launch" / "train.py"), "--config", str(PAPER), *overrides]
     if world == 1:
         cmd = [sys.executable, *args]
     else:
@@ -70,29 +81,40 @@ def run_job(world: int, precision: str, preset: str, shards: Path, run_dir: Path
     if rc:
         raise SystemExit(f"run failed ({rc}); see {log}")
     recs = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
-    recs = [r for r in recs if r.get("kind") == "train" and r["step"] > 2]
+    recs = [r for r in recs if r.get("kind") == "train" and r["step"] > SKIP]
     med = lambda k: statistics.median(r[k] for r in recs)  # noqa: E731
     return dict(samples_per_s=med("samples_per_s"), frames_per_s=med("frames_per_s"), step_s=med("step_seconds"),
-                data_share=med("data_share"), samples_per_step=med("samples_per_s") * med("step_seconds"))
+                data_share=med("data_share"), samples_per_step=med("samples_per_s") * med("step_seconds"),
+                steps_s=[r["step_seconds"] for r in recs],
+                tokens=[round(r["tokens_per_s"] * r["step_seconds"]) for r in recs],
+                flops=[r["flops_per_s"] * r["step_seconds"] for r in recs])
 
 
-def job_config(preset: str) -> Config:
-    return Config.load(REPO / "launch" / "configs" / "paper.yaml", [f"--model.preset={preset}"])
+def job_batches(cfg: Config, steps: int) -> list:
+    """The first `steps` batches rank 0 of a one-rank job with `cfg` trains on (same shards, seed, packing)."""
+    batches = iter(ShardLoader(cfg.data, split="train", rank=0, world_size=1))
+    try:
+        return [next(batches) for _ in range(steps)]
+    finally:
+        batches.close()
 
 
-def bare_step(model, cfg: Config, clips: int, precision: str, steps: int, token_budget: int,
-              deadline: float) -> tuple[float, float]:
-    """(seconds, FLOP) of the bare model step on `clips` clips packed like the job's rows: the job's model,
-    optimizer and gradient clipping, no engine."""
-    batch = make_batch(clips, 16, 32, token_budget)
+def bare_steps(model, cfg: Config, batches: list, precision: str) -> list[float]:
+    """Seconds of the bare model step on each of `batches` after SKIP of them: the job's model, optimizer and
+    gradient clipping, no engine. The first batches warm up (allocator, optimizer state), as in the job."""
     opt = build_optimizer(model.parameters(), cfg.train, "cpu")
-    sec = time_steps(model, opt, batch, steps, precision, deadline, grad_clip=cfg.train.grad_clip)
-    return sec, model.flops_per_step(batch)
+    times = []
+    for i, batch in enumerate(batches):
+        t0 = time.perf_counter()
+        train_step(model, opt, batch, precision, cfg.train.grad_clip)
+        if i >= SKIP:
+            times.append(time.perf_counter() - t0)
+    return times
 
 
 def main(preset: str = "gpt2", worlds: str = "1,2", precisions: str = "fp32,bf16", steps: int = 8,
          token_budget: int = 400, max_rows: int = 1, workers: int = 1, clips: int = 2048, threads: int = 0,
-         bare_steps: int = 4, budget_s: float = 1200, authors: str | None = None, mingpt: str | None = None,
+         budget_s: float = 1200, authors: str | None = None, mingpt: str | None = None,
          keep_freed_memory: bool = True):
     """Print one line per (ranks, precision) as it is measured: the job, and for 1 rank the bare step.
 
@@ -100,19 +122,20 @@ def main(preset: str = "gpt2", worlds: str = "1,2", precisions: str = "fp32,bf16
         preset: model preset.
         worlds: comma-separated rank counts (1 = plain python, more = deepspeed --num_gpus N on CPU).
         precisions: comma-separated, from fp32, bf16 and auto.
-        steps: optimizer steps per job (the first 2 are not counted).
-        token_budget: packed row length (400 holds ~15-17 clips of 16 frames with short captions).
+        steps: optimizer steps per job; the first 2 are not counted, and the bare step runs the same batches.
+        token_budget: packed row length (400 holds ~14-15 clips of 16 frames with the synthetic captions).
         max_rows: rows per micro-batch per rank.
         workers: DataLoader workers per rank.
         clips: synthetic clips to build.
         threads: torch threads per rank and for the bare step (0 = the trainer's default: cores / ranks).
-        bare_steps: timed steps of the bare model step (median).
         budget_s: time budget: no new configuration starts after it.
         authors: checkout of the authors' repository: time their step in this run for the last column.
         mingpt: checkout of karpathy/minGPT (needed with --authors).
         keep_freed_memory: the job's train.keep_freed_memory, and the same for this process's bare step
             (False: both hand freed memory back to the OS, as before the option existed).
     """
+    if steps <= SKIP:
+        raise SystemExit(f"--steps must be over {SKIP}: the first {SKIP} steps are not counted")
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
     deadline = time.perf_counter() + budget_s
     torch.set_num_threads(threads or (os.cpu_count() or 1))
@@ -122,8 +145,8 @@ def main(preset: str = "gpt2", worlds: str = "1,2", precisions: str = "fp32,bf16
     ref = authors_reference(authors, mingpt, budget_s / 4) if authors else None
     print(f"preset={preset} token_budget={token_budget} max_rows={max_rows} workers/rank={workers}", flush=True)
     print(f"{'ranks':>5} {'prec':>5} {'clips/step':>10} {'s/step':>7} {'samples/s':>10} {'frames/s':>9} "
-          f"{'data':>6} {'bare s/step':>11} {'job/bare':>8} {'% peak':>7}" + (f" {'vs authors':>10}" if ref else ""),
-          flush=True)
+          f"{'data':>6} {'bare s/step':>11} {'job/bare':>8} {'GFLOP/s':>8} {'% peak':>7}"
+          + (f" {'vs authors':>10}" if ref else ""), flush=True)
     model = None
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -133,25 +156,37 @@ def main(preset: str = "gpt2", worlds: str = "1,2", precisions: str = "fp32,bf16
                 if time.perf_counter() > deadline:
                     print(f"budget of {budget_s:.0f} s spent: ranks={world} {precision} not measured", flush=True)
                     continue
-                r = run_job(world, precision, preset, tmp / "shards", tmp / f"run_{world}_{precision}", steps,
-                            token_budget, max_rows, workers, threads, keep_freed_memory)
-                bare = share = peak = ""
+                run_dir = tmp / f"run_{world}_{precision}"
+                overrides = job_overrides(preset, tmp / "shards", run_dir, steps, precision, token_budget,
+                                          max_rows, workers, keep_freed_memory)
+                r = run_job(world, overrides, threads, run_dir)
+                bare = share = rate = peak = ""
                 if world == 1:
                     from t2v_dist.precision import choose_precision
 
                     prec = choose_precision(precision, "cpu").precision
-                    cfg = job_config(preset)
+                    cfg = Config.load(PAPER, overrides)
+                    batches = job_batches(cfg, steps)
+                    counted = batches[SKIP:]
+                    if [b.num_tokens for b in counted] != r["tokens"]:
+                        raise SystemExit(f"the batches read again hold {[b.num_tokens for b in counted]} tokens, "
+                                         f"the job logged {r['tokens']}: not the job's batches")
                     if model is None:
                         torch.manual_seed(0)
                         model = T2VModel(cfg.model)
-                    clips_step = max(1, round(r["samples_per_step"]))
-                    sec, flops = bare_step(model, cfg, clips_step, prec, bare_steps, token_budget, deadline)
-                    job_s = r["step_s"] * clips_step / r["samples_per_step"]  # at exactly clips_step clips
-                    bare, share = f"{sec:>11.2f}", f"{100 * sec / job_s:>7.0f}%"
-                    peak = f"{100 * flops / job_s / peaks[prec]:>6.1f}%"
+                    bare_s = bare_steps(model, cfg, batches, prec)
+                    job_s = r["steps_s"]
+                    flops = [model.flops_per_step(b) for b in counted]
+                    if any(abs(f - g) > 1e-6 * f for f, g in zip(flops, r["flops"])):
+                        raise SystemExit(f"the job logged {r['flops']} model FLOPs per step, its batches hold {flops}")
+                    rates = [f / s for f, s in zip(flops, job_s)]
+                    bare = f"{statistics.median(bare_s):>11.2f}"
+                    share = f"{100 * statistics.median(b / j for b, j in zip(bare_s, job_s)):>7.0f}%"
+                    rate = f"{statistics.median(rates) / 1e9:>8.1f}"
+                    peak = f"{100 * statistics.median(rates) / peaks[prec]:>6.1f}%"
                 print(f"{world:>5} {precision:>5} {r['samples_per_step']:>10.1f} {r['step_s']:>7.2f} "
                       f"{r['samples_per_s']:>10.2f} {r['frames_per_s']:>9.1f} {100 * r['data_share']:>5.1f}% "
-                      f"{bare or '-':>11} {share or '-':>8} {peak or '-':>7}"
+                      f"{bare or '-':>11} {share or '-':>8} {rate or '-':>8} {peak or '-':>7}"
                       + (f" {r['samples_per_s'] / ref:>9.1f}x" if ref else ""), flush=True)
 
 

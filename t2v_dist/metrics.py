@@ -231,7 +231,7 @@ def _json_safe(value: Any) -> Any:
 
 
 def _si(value: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(value) >= scale:
             return f"{value / scale:.1f}{unit}"
     return f"{value:.1f}"
@@ -241,7 +241,8 @@ def format_console(record: Mapping[str, Any]) -> str:
     """One human line from a step record; keys that are absent are left out.
 
     Known keys: kind, step, max_steps, losses {term: value} (with 'total'), lr, grad_norm,
-    samples_per_s, frames_per_s, tokens_per_s, step_seconds, data_share, memory_bytes, mfu.
+    samples_per_s, frames_per_s, tokens_per_s, flops_per_s (model FLOPs, all ranks), step_seconds,
+    data_share, memory_bytes, mfu.
     """
     r = record
     parts = []
@@ -258,7 +259,8 @@ def format_console(record: Mapping[str, Any]) -> str:
         parts.append(f"lr {r['lr']:.2e}")
     if r.get("grad_norm") is not None:
         parts.append(f"gnorm {float(r['grad_norm']):.3g}")
-    rates = [f"{_si(r[k])} {k[:-6]}/s" for k in ("samples_per_s", "frames_per_s", "tokens_per_s") if k in r]
+    rates = [f"{_si(r[k])} {k[:-6]}/s" for k in ("samples_per_s", "frames_per_s", "tokens_per_s", "flops_per_s")
+             if k in r]
     if rates:
         parts.append(" ".join(rates))
     if "step_seconds" in r:

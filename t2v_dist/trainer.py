@@ -290,7 +290,8 @@ def _train(cfg: Config, env: DistEnv, resume: checkpoint.Resume | None) -> int:
                 logger.log({"kind": "train", "step": step, "max_steps": t.max_steps, "losses": losses, "lr": lr,
                             "grad_norm": grad_norm, "samples_per_s": samples * env.world_size / step_s,
                             "frames_per_s": frames * env.world_size / step_s,
-                            "tokens_per_s": tokens * env.world_size / step_s, "step_seconds": step_s,
+                            "tokens_per_s": tokens * env.world_size / step_s,
+                            "flops_per_s": flops * env.world_size / step_s, "step_seconds": step_s,
                             "data_share": data_s / step_s, "epoch": loader.epoch,
                             "data_errors": data_errors})
 

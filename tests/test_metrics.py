@@ -154,7 +154,7 @@ def test_step_logger_writes_strict_json_lines_and_console(tmp_path):
     out = io.StringIO()
     log = StepLogger(tmp_path / "logs" / "metrics.jsonl", stream=out)
     record = dict(step=7, max_steps=100, losses={**LOSSES, "total": math.nan}, lr=1e-4, grad_norm=1.5,
-                  samples_per_s=12.5, frames_per_s=2500.0, tokens_per_s=123456.0, step_seconds=0.25,
+                  samples_per_s=12.5, frames_per_s=2500.0, tokens_per_s=123456.0, flops_per_s=2.5e11, step_seconds=0.25,
                   data_share=0.04, memory_bytes=3 * 2**30)
     log.log(record)
     log.log({"kind": "eval", "step": 7, "losses": {"total": 1.0}}, console=False)
@@ -171,7 +171,7 @@ def test_step_logger_writes_strict_json_lines_and_console(tmp_path):
     assert len(console) == 1
     assert console[0] == format_console(record)
     for piece in ("train step 7/100", "loss nan", "text 2.5", "lr 1.00e-04", "gnorm 1.5", "2.5k frames/s",
-                  "123.5k tokens/s", "0.250 s/step, data 4%", "mem 3.00 GiB"):
+                  "123.5k tokens/s", "250.0G flops/s", "0.250 s/step, data 4%", "mem 3.00 GiB"):
         assert piece in console[0], piece
     StepLogger(tmp_path / "never.jsonl", enabled=False).log(record)  # non-zero ranks: nothing at all
     assert not (tmp_path / "never.jsonl").exists()
