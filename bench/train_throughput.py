@@ -103,13 +103,8 @@ def bare_steps(model, cfg: Config, batches: list, precision: str) -> list[float]
     """Seconds of the bare model step on each of `batches` after SKIP of them: the job's model, optimizer and
     gradient clipping, no engine. The first batches warm up (allocator, optimizer state), as in the job."""
     opt = build_optimizer(model.parameters(), cfg.train, "cpu")
-    times = []
-    for i, batch in enumerate(batches):
-        t0 = time.perf_counter()
-        train_step(model, opt, batch, precision, cfg.train.grad_clip)
-        if i >= SKIP:
-            times.append(time.perf_counter() - t0)
-    return times
+    times = [sum(train_step(model, opt, batch, precision, cfg.train.grad_clip).values()) for batch in batches]
+    return times[SKIP:]
 
 
 def main(preset: str = "gpt2", worlds: str = "1,2", precisions: str = "fp32,bf16", steps: int = 8,
