@@ -141,18 +141,29 @@ def _status_kb(pid: int, field: str) -> int | None:
     return None
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            out += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            pass
+def _workers(pid: int) -> list[int]:
+    """The DataLoader workers among the descendants of `pid` (they are forked from a fork server)."""
+    out, todo = [], [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            todo += children
+            out += [c for c in children if _comm(c) == "pt_data_worker"]
     return out
 
 
+def _comm(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+
+
 class WorkerMemory:
-    """Polls the RSS of this process's children (the DataLoader workers) until stopped."""
+    """Polls the RSS of this process's DataLoader workers until stopped."""
 
     def __init__(self, interval: float = 0.02):
         self.start_kb: dict[int, int] = {}
@@ -163,7 +174,7 @@ class WorkerMemory:
 
     def _poll(self, interval: float) -> None:
         while not self._stop.is_set():
-            for child in _children(os.getpid()):
+            for child in _workers(os.getpid()):
                 rss, hwm = _status_kb(child, "VmRSS"), _status_kb(child, "VmHWM")
                 if rss is not None and child not in self.start_kb:
                     self.start_kb[child] = rss

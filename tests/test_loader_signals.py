@@ -11,22 +11,33 @@ from loader_fixtures import write_dataset
 from t2v_dist.data import DataConfig, ShardLoader
 
 
+def _workers() -> set[psutil.Process]:
+    return {p for p in psutil.Process().children(recursive=True) if p.is_running() and p.name() == "pt_data_worker"}
+
+
 def test_workers_ignore_sigterm_and_sigusr1(tmp_path):
     keys = write_dataset(tmp_path, num_shards=2, per_shard=40)
     cfg = DataConfig(train_shards=str(tmp_path / "train-{000000..000001}.tar"), frames=4, image_size=8,
                      token_budget=32, max_rows=1, max_caption_tokens=12, num_workers=2, prefetch_factor=1, seed=0)
     loader = ShardLoader(cfg, "train", single_pass=True)
+    before = _workers()
     batches = iter(loader)
-    first = next(batches)
-    workers = [p for p in psutil.Process().children() if p.is_running()]
-    assert len(workers) == 2, workers
-    for p in workers:  # what SLURM sends to every process of a task on preemption
-        os.kill(p.pid, signal.SIGTERM)
-        os.kill(p.pid, signal.SIGUSR1)
-    time.sleep(0.5)
-    assert all(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in workers)
-    rest = [b.keys for b in batches]  # the epoch completes: no "worker killed by signal" error
-    assert sorted(first.keys + [k for ks in rest for k in ks]) == sorted(keys)
+    try:
+        first = next(batches)
+        workers = _workers() - before
+        assert len(workers) == 2, workers
+        # Forked from the fork server, not from this (threaded) process: see t2v_dist/data/workers.py.
+        server = {p.parent() for p in workers}
+        assert len(server) == 1 and server != {psutil.Process()}, server
+        for p in workers | server:  # what SLURM sends to every process of a task on preemption
+            os.kill(p.pid, signal.SIGTERM)
+            os.kill(p.pid, signal.SIGUSR1)
+        time.sleep(0.5)
+        assert all(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in workers | server)
+        rest = [b.keys for b in batches]  # the epoch completes: no "worker killed by signal" error
+        assert sorted(first.keys + [k for ks in rest for k in ks]) == sorted(keys)
+    finally:
+        batches.close()  # stops the workers, also when an assertion failed
 
 
 def test_a_process_that_fails_mid_epoch_still_exits(tmp_path):

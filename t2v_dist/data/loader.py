@@ -12,7 +12,6 @@ prefetched by workers but not yet handed out are therefore not part of the state
 from __future__ import annotations
 
 import atexit
-import signal
 import weakref
 from typing import Iterator
 
@@ -24,6 +23,7 @@ from t2v_dist.data.pipeline import EpochDataset, PipelineContext
 from t2v_dist.data.records import WorkerBatch
 from t2v_dist.data.shardlist import expand_shards, shards_fingerprint
 from t2v_dist.data.state import RankState, check_identity, resplit
+from t2v_dist.data.workers import ignore_preemption_signals, worker_context
 from t2v_dist.packing import PackedBatch
 from t2v_dist.tokenizer import load_tokenizer
 
@@ -59,7 +59,7 @@ class ShardLoader:
                 f"{split} has {len(self.urls)} shards, fewer than ranks x workers = {world_size} x {roles}: "
                 f"every (rank, worker) needs its own shard. Write more, smaller shards or lower num_workers"
                 + (", or set resampled=True" if split == "train" else ""))
-        load_tokenizer(cfg.tokenizer_path)  # fail fast on a bad path; forked workers inherit it
+        load_tokenizer(cfg.tokenizer_path)  # fail fast on a bad path, here rather than in a worker
         self._state = RankState(split=split, seed=cfg.seed, shuffle=cfg.shuffle and split == "train",
                                 resampled=resampled, shards=shards_fingerprint(self.urls),
                                 world_size=world_size, rank=rank, num_roles=roles)
@@ -89,23 +89,20 @@ class ShardLoader:
         if self.cfg.num_workers == 0:
             yield from dataset
             return
+        # Workers come from a fork server (workers.py): forking the trainer itself can deadlock a worker.
+        # They ignore the scheduler's preemption signals (inherited from the server; worker_init_fn also
+        # covers a server that another library started first).
         loader = DataLoader(dataset, batch_size=None, num_workers=self._state.num_roles,
                             prefetch_factor=self.cfg.prefetch_factor, pin_memory=self.cfg.pin_memory,
-                            persistent_workers=False, worker_init_fn=_ignore_preemption_signals)
-        # Workers are forked with the preemption signals blocked (the mask is inherited), so one that
-        # lands before a worker has set them to "ignore" waits, then is discarded, instead of killing it.
-        # The training process gets its own copy as soon as the mask is restored.
-        masked = signal.pthread_sigmask(signal.SIG_BLOCK, _PREEMPTION_SIGNALS)
-        try:
-            workers = iter(loader)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, masked)
+                            persistent_workers=False, multiprocessing_context=worker_context(self.cfg.tokenizer_path),
+                            worker_init_fn=ignore_preemption_signals)
+        workers = iter(loader)
         _LIVE_WORKER_ITERATORS.add(workers)
         try:
             yield from workers
         finally:
             # also when a worker's error (e.g. ShardTooLarge) propagates: DataLoader leaves its workers
-            # running then, and a later fork would inherit them half-alive
+            # running then
             workers._shutdown_workers()
 
     def state_dict(self) -> dict:
@@ -144,18 +141,6 @@ class ShardLoader:
 def _pack_seed(seed: int, epoch: int) -> int:
     """Noise seeds vary per epoch, but not with rank, worker or packing."""
     return int(np.random.default_rng((seed, epoch)).integers(2**31))
-
-
-_PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-
-def _ignore_preemption_signals(worker_id: int) -> None:
-    """Schedulers signal the whole process group on preemption (SLURM's SIGTERM, --signal=USR1): the
-    workers must outlive it, so that the training process can finish its step and checkpoint. They
-    still exit with their parent."""
-    for sig in _PREEMPTION_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _PREEMPTION_SIGNALS)  # blocked by the fork; now ignored
 
 
 # Workers ignore SIGTERM, which is also how multiprocessing's own exit hook stops daemon children
