@@ -102,3 +102,37 @@ for sig in (signal.SIGTERM, signal.SIGUSR1):  # Python's exit would restore the 
     assert proc.returncode == 0, (out, err[-3000:])
     assert "epochs 40" in out and sent > 100, (out, sent)
     assert int(out.split()[-1]) > 0  # the training process itself still got them
+
+
+def test_nothing_outlives_a_killed_training_process(tmp_path):
+    """`kill -9` of a process with live workers (the OOM killer's way): its fork server, workers and
+    multiprocessing's resource tracker exit too, instead of waiting for each other forever."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    write_dataset(tmp_path, num_shards=2, per_shard=40)
+    script = f"""
+import sys, time
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from t2v_dist.data import DataConfig, ShardLoader
+if __name__ == "__main__":
+    cfg = DataConfig(train_shards={str(tmp_path / "train-{000000..000001}.tar")!r}, frames=4, image_size=8,
+                     token_budget=32, max_rows=1, max_caption_tokens=12, num_workers=2, prefetch_factor=1, seed=0)
+    batches = iter(ShardLoader(cfg, "train"))
+    next(batches)
+    print("ready", flush=True)
+    time.sleep(600)
+"""
+    (tmp_path / "train_like.py").write_text(script)
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "train_like.py")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        left = psutil.Process(proc.pid).children(recursive=True)
+        assert sum(p.name() == "pt_data_worker" for p in left) == 2, left
+        proc.kill()
+        proc.wait(timeout=30)
+        _, alive = psutil.wait_procs(left, timeout=30)
+        assert not alive, alive
+    finally:
+        proc.kill()

@@ -1,9 +1,19 @@
 """Imported by the DataLoader workers' fork server as it starts (`workers.py`), and by nothing else:
-importing it makes the importing process ignore the preemption signals."""
+the importing process then dies with its parent, ignores the preemption signals, and holds the pipeline's
+modules and the tokenizer for the workers it forks."""
+import ctypes
 import os
 import signal
+import sys
 
-from t2v_dist.data.workers import PREEMPTION_SIGNALS, TOKENIZER_ENV
+from t2v_dist.data.workers import PARENT_ENV, PREEMPTION_SIGNALS, TOKENIZER_ENV
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+if sys.platform.startswith("linux"):
+    # Die with the training process (see workers.py); if it is already gone, exit now.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if str(os.getppid()) != os.environ.get(PARENT_ENV):
+        os._exit(0)
 
 # They also stay blocked, as the server was started: a worker forked from here inherits the mask, and torch's
 # worker set-up installs its own SIGTERM handler (which exits) before our worker_init_fn ignores them again.

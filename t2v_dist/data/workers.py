@@ -15,6 +15,12 @@ blocked, and `worker_server_preload`, which it imports first, sets them to "igno
 inherits both; the worker's `worker_init_fn` ignores them again (torch's worker set-up has installed its
 own SIGTERM handler meanwhile) and only then unblocks them. multiprocessing's resource tracker, which the server needs, is
 started with them blocked too: it ignores SIGTERM itself, and SIGUSR1 then stays blocked in it.
+
+A worker watches its parent, which is the server, so the server must not outlive the training process:
+it asks the kernel for SIGKILL when its parent dies (`PR_SET_PDEATHSIG`, Linux), and its workers then
+see their parent gone and exit (a `kill -9` of a rank, or the OOM killer, leaves no orphans). The kernel
+sends that signal when the *thread* that started the server ends: create loaders with workers from the
+main thread, or from one that lives as long as they do.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 # '__main__': the entry script's imports happen once, in the server, instead of in every worker.
 PRELOAD = ["__main__", "t2v_dist.data.worker_server_preload"]
 TOKENIZER_ENV = "T2V_WORKER_SERVER_TOKENIZER"
+PARENT_ENV = "T2V_WORKER_SERVER_PARENT"
 
 
 def worker_context(tokenizer_path: str | None = None) -> multiprocessing.context.BaseContext:
@@ -36,7 +43,8 @@ def worker_context(tokenizer_path: str | None = None) -> multiprocessing.context
     workers it forks: building it takes about a second, which every epoch's workers would pay again."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
-    os.environ[TOKENIZER_ENV] = tokenizer_path or ""  # read by worker_server_preload in a server started now
+    # Read by worker_server_preload in a server started now (and only then).
+    os.environ[TOKENIZER_ENV], os.environ[PARENT_ENV] = tokenizer_path or "", str(os.getpid())
     masked = signal.pthread_sigmask(signal.SIG_BLOCK, PREEMPTION_SIGNALS)  # inherited through exec
     try:
         # The fork server needs multiprocessing's resource tracker, which ignores SIGTERM but not SIGUSR1 (it
@@ -46,7 +54,7 @@ def worker_context(tokenizer_path: str | None = None) -> multiprocessing.context
         multiprocessing.forkserver.ensure_running()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, masked)
-        del os.environ[TOKENIZER_ENV]
+        del os.environ[TOKENIZER_ENV], os.environ[PARENT_ENV]
     return ctx
 
 
