@@ -13,7 +13,8 @@ read) is included.
 `--formats big` writes `--big-shards` shards of about `--big-shard-mb` MB each (video2dataset-sized:
 1 MB .frames.npy samples of 24 frames at 128x128) under /tmp, deleted afterwards, and runs each
 `--big-workers` setting in a fresh process: time to first batch, then up to `--big-batches`
-batches. It reports the peak RSS of every worker process (VmHWM, read from /proc while it runs)
+batches, then the time to the first batch of a new iterator (new workers, as every epoch and every
+evaluation starts them). It reports the peak RSS of every worker process (VmHWM, read from /proc while it runs)
 and how much of it the worker added after it started (its RSS then is mostly pages shared with
 the parent); num_workers=0 runs the pipeline in the measuring process, whose peak is reset first.
 To measure another version of the loader, put its tree first on PYTHONPATH.
@@ -218,8 +219,12 @@ def probe_memory(spec: str, workers: int, batches: int, image_size: int) -> dict
         pids = sorted(watch.peak_kb)
         peak = [watch.peak_kb[p] for p in pids]
         added = [watch.peak_kb[p] - watch.start_kb.get(p, watch.peak_kb[p]) for p in pids]
-    del it
-    return {"num_workers": workers, "first_batch_s": round(first_s, 2), "batches": done, "samples": samples,
+    del it  # its workers stop; a new iterator starts new ones, as every epoch and every evaluation does
+    start = time.perf_counter()
+    next(iter(loader))
+    restart_s = time.perf_counter() - start
+    return {"num_workers": workers, "first_batch_s": round(first_s, 2), "restart_first_batch_s": round(restart_s, 2),
+            "batches": done, "samples": samples,
             "samples_per_s": round(samples / seconds, 1),
             "peak_rss_mb_per_worker": [round(kb / 1024) for kb in peak],
             "added_rss_mb_per_worker": [round(kb / 1024) for kb in added]}
