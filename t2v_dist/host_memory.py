@@ -5,8 +5,9 @@ gradient, the U-Net's activations). glibc serves every allocation above its mmap
 32 MB) with a fresh mmap and unmaps it on free, so every step page-faults those buffers in again: 12% of
 the `gpt2` preset's bare fp32 step on a 2-core Xeon, 14-30% of the job's (BENCHMARKS.md, "Host memory"). `mallopt`
 turns that off for the rest of the process: large blocks come from the heap, and freed memory stays
-there for the next step. The process's resident memory then stays at its peak, which a training process
-reaches every step anyway.
+there for the next step. The process's resident memory then stays at about its peak, which a training
+process reaches every step anyway; glibc does not always reuse the same places for the large blocks, so
+the heap can grow somewhat past it before it settles (gpt2 preset fp32 job: 4.91 GB peak, 4.73 GB without).
 """
 from __future__ import annotations
 
